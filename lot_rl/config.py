@@ -1,0 +1,168 @@
+"""Typed options for every command: one dataclass per command, turned into argparse, presets and config files.
+
+Each option is a dataclass field made with :func:`option`, whose help text becomes the ``--help`` line
+(with its default). Values are resolved in this order, later wins: dataclass default < ``--preset`` <
+``--config FILE`` (YAML or TOML) < the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lot_rl.errors import LoTUserError
+
+
+def option(default: Any, help: str, choices: typing.Sequence[Any] | None = None, **kwargs) -> Any:
+    """A dataclass field carrying its command-line help (and optional choices)."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(element type, is_list) for int, float, str, bool, X | None, list[X]."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _base_type(args[0])
+    if origin in (list, tuple):
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def add_options(parser: argparse.ArgumentParser, cls, group_of: dict[str, str] | None = None) -> None:
+    """Add one ``--kebab-case`` option per field of dataclass ``cls``.
+
+    Defaults are ``argparse.SUPPRESS`` so that :func:`resolve` can tell what the user typed; the help
+    line still shows the dataclass default. ``group_of`` maps field names to ``--help`` section titles.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("help"):
+            continue
+        title = (group_of or {}).get(f.name)
+        target = parser
+        if title:
+            target = groups.setdefault(title, parser.add_argument_group(title))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        typ, is_list = _base_type(hints[f.name])
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
+        help_text = f"{f.metadata['help']} (default: {default!r})"
+        if typ is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = typ
+            kwargs["metavar"] = f.name.upper() if not f.metadata.get("choices") else None
+            if is_list:
+                kwargs["nargs"] = "*"
+            if f.metadata.get("choices"):
+                kwargs["choices"] = f.metadata["choices"]
+        target.add_argument(_flag(f.name), help=help_text.replace("%", "%%"), **kwargs)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Options from a YAML (.yaml/.yml) or TOML (.toml) file; keys in snake_case or kebab-case."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoTUserError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml", ".json"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise LoTUserError(f"config file {path} must end in .yaml, .yml, .toml or .json")
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise LoTUserError(f"config file {path} is not valid {path.suffix[1:].upper()}: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise LoTUserError(f"config file {path} must hold a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def _check_known(cls, values: dict[str, Any], source: str) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {_flag(close[0])}?" if close else ""
+            raise LoTUserError(f"unknown option {key!r} in {source}{hint}")
+
+
+def _coerce(cls, values: dict[str, Any], source: str) -> dict[str, Any]:
+    hints = _field_types(cls)
+    out = {}
+    for key, value in values.items():
+        typ, is_list = _base_type(hints[key])
+        try:
+            if value is None:
+                out[key] = None
+            elif is_list:
+                items = value if isinstance(value, (list, tuple)) else [value]
+                out[key] = [typ(v) for v in items]
+            elif typ is bool and not isinstance(value, bool):
+                raise ValueError
+            else:
+                out[key] = typ(value)
+        except (TypeError, ValueError):
+            raise LoTUserError(f"option {_flag(key)} in {source} must be {getattr(typ, '__name__', typ)}, "
+                               f"got {value!r}") from None
+        choices = next(f for f in dataclasses.fields(cls) if f.name == key).metadata.get("choices")
+        if choices and out[key] is not None and out[key] not in choices:
+            raise LoTUserError(f"option {_flag(key)} in {source} must be one of {list(choices)}, got {value!r}")
+    return out
+
+
+def resolve(cls, cli_values: dict[str, Any], presets: dict[str, dict[str, Any]] | None = None,
+            preset: str | None = None, config_file: str | Path | None = None):
+    """Build ``cls`` from defaults < preset < config file < command line."""
+    values: dict[str, Any] = {}
+    if preset is not None:
+        presets = presets or {}
+        if preset not in presets:
+            raise LoTUserError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
+        values.update(presets[preset])
+    if config_file is not None:
+        from_file = read_config_file(config_file)
+        _check_known(cls, from_file, f"config file {config_file}")
+        values.update(_coerce(cls, from_file, f"config file {config_file}"))
+    values.update(cli_values)
+    _check_known(cls, values, "the options")
+    return cls(**values)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    """The dataclass as plain JSON/YAML-safe values."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls, values: dict[str, Any]):
+    """Rebuild ``cls`` from :func:`to_dict` output, ignoring keys this version no longer has."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def save_config(cfg, path: str | Path) -> None:
+    """Write the resolved options as YAML (readable back with ``--config``)."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

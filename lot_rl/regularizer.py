@@ -1,0 +1,213 @@
+"""The LoT regularizer: the KL terms of Learning from Teaching and the students that make them.
+
+The math is in pure functions, in the spirit of ``torch.nn.functional``::
+
+    kl(p, q, T) = T^2 * KL(softmax(q / T) || softmax(p / T))      # "p learns towards q"
+    teacher loss = task loss + alpha * sum_i lambda_i * kl(teacher, student_i.detach(), T)
+    student loss = kl(student, teacher.detach(), T)               (+ cross-entropy in ``kl_ce``)
+
+State that the terms need (the students, their optimizers and schedules) lives in :class:`Students`.
+Every entry point (the Atari agent, the SB3 callback, image classification, language modeling) uses this
+module; nothing else computes a LoT term.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lot_rl.errors import LoTUserError, require
+
+STUDENT_LOSSES = ("kl", "kl_ce", "symmetric_kl", "symmetric_kl_ce")
+
+
+def kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """``T^2 * KL(softmax(q/T) || softmax(p/T))``, averaged over the batch (rows of the last dimension).
+
+    The gradient flows into both arguments; detach the one that is a fixed target. Logits of any leading
+    shape are flattened to rows, so ``(batch, time, vocab)`` language-model logits work as they are.
+    Computed in float32 whatever the input dtype, so bf16 autocast does not degrade the loss.
+    """
+    if p_logits.shape != q_logits.shape:
+        raise ValueError(f"kl: logits shapes differ: {tuple(p_logits.shape)} vs {tuple(q_logits.shape)}")
+    p = p_logits.float().reshape(-1, p_logits.shape[-1]) / temperature
+    q = q_logits.float().reshape(-1, q_logits.shape[-1]) / temperature
+    # KLDivLoss(log_softmax(p), log_softmax(q), log_target=True, reduction="batchmean")
+    return F.kl_div(F.log_softmax(p, -1), F.log_softmax(q, -1), log_target=True,
+                    reduction="batchmean") * temperature**2
+
+
+def teachability_kl(teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor] | torch.Tensor,
+                    temperature: float = 1.0, weights: Sequence[float] | None = None,
+                    detach: bool = True) -> torch.Tensor:
+    """The teacher's teachability penalty ``sum_i lambda_i * kl(teacher, student_i, T)`` (without alpha).
+
+    ``student_logits`` is one tensor or a list (one per student); ``weights`` are the lambda_i (default:
+    equal, summing to 1). With ``detach`` (the default, as in the paper) no gradient reaches the students.
+    """
+    if isinstance(student_logits, torch.Tensor):
+        student_logits = [student_logits]
+    if len(student_logits) == 0:
+        return teacher_logits.new_zeros((), dtype=torch.float32)
+    weights = _resolve_weights(weights, len(student_logits))
+    total = teacher_logits.new_zeros((), dtype=torch.float32)
+    for lam, s in zip(weights, student_logits):
+        total = total + lam * kl(teacher_logits, s.detach() if detach else s, temperature)
+    return total
+
+
+def student_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                 variant: str = "kl", labels: torch.Tensor | None = None,
+                 ce_weight: float = 1.0, kl_weight: float = 1.0, ignore_index: int = -100) -> torch.Tensor:
+    """The loss a student minimizes to imitate its teacher (the teacher's logits are detached here).
+
+    variants (as in the reference):
+      ``kl``               kl(student, teacher)
+      ``kl_ce``            ce_weight * CE(student, labels) + kl_weight * kl(student, teacher)
+      ``symmetric_kl``     kl(student, teacher) + kl(teacher, student)  (the second with the teacher fixed)
+      ``symmetric_kl_ce``  symmetric_kl plus ce_weight * CE
+    """
+    if variant not in STUDENT_LOSSES:
+        raise LoTUserError(f"unknown student loss {variant!r}; choose one of {', '.join(STUDENT_LOSSES)}")
+    target = teacher_logits.detach()
+    loss = kl(student_logits, target, temperature)
+    if variant.startswith("symmetric_kl"):
+        loss = loss + kl(target, student_logits, temperature)
+    loss = kl_weight * loss
+    if variant.endswith("_ce"):
+        if labels is None:
+            raise ValueError(f"student loss {variant!r} needs labels")
+        loss = loss + ce_weight * F.cross_entropy(
+            student_logits.float().reshape(-1, student_logits.shape[-1]), labels.reshape(-1),
+            ignore_index=ignore_index)
+    return loss
+
+
+def _resolve_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    if weights is None or len(weights) == 0:
+        return [1.0 / count] * count
+    require(len(weights) == count,
+            f"--student-weights has {len(weights)} values but there are {count} students; give one per student")
+    require(all(w >= 0 for w in weights), f"--student-weights must be >= 0, got {list(weights)}")
+    return [float(w) for w in weights]
+
+
+def validate_lot_options(alpha: float, num_students: int, temperature: float,
+                         student_steps_ratio: int | None = None) -> None:
+    """Raise a clear :class:`LoTUserError` for LoT options outside their domain."""
+    require(alpha >= 0, f"--alpha must be >= 0 (0 turns the teachability penalty off), got {alpha}")
+    require(num_students >= 0, f"--num-students must be >= 0, got {num_students}")
+    require(temperature > 0, f"--temperature must be > 0, got {temperature}")
+    if student_steps_ratio is not None:
+        require(student_steps_ratio >= 0, f"--student-steps-ratio must be >= 0, got {student_steps_ratio}")
+    require(not (alpha > 0 and num_students == 0),
+            f"--alpha {alpha} needs at least one student (--num-students >= 1)")
+
+
+class Students:
+    """K student networks, each with its own optimizer (and optional LR scheduler), and their weights.
+
+    Args:
+        networks: the student modules. Each maps an input batch to logits (``forward(x)``) unless
+            ``logits_fn`` says otherwise.
+        make_optimizer: ``params -> torch.optim.Optimizer``, called once per student.
+        make_scheduler: optional ``optimizer -> LRScheduler``, called once per student.
+        weights: the lambda_i of the teachability penalty (default equal, summing to 1).
+        temperature: T of every KL term.
+        max_grad_norm: clip each student's gradient norm before its step (None: no clipping).
+        logits_fn: ``(network, inputs) -> logits``; default ``network(inputs)``.
+    """
+
+    def __init__(self, networks: Iterable[nn.Module],
+                 make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
+                 make_scheduler: Callable[[torch.optim.Optimizer], object] | None = None,
+                 weights: Sequence[float] | None = None, temperature: float = 1.0,
+                 max_grad_norm: float | None = None,
+                 logits_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None):
+        self.networks = nn.ModuleList(networks)
+        self.weights = _resolve_weights(weights, len(self.networks)) if len(self.networks) else []
+        self.temperature = temperature
+        self.max_grad_norm = max_grad_norm
+        self.logits_fn = logits_fn or (lambda net, x: net(x))
+        self.optimizers = [make_optimizer(net.parameters()) for net in self.networks]
+        self.schedulers = [make_scheduler(opt) for opt in self.optimizers] if make_scheduler else []
+
+    def __len__(self) -> int:
+        return len(self.networks)
+
+    def logits(self, inputs: torch.Tensor) -> list[torch.Tensor]:
+        """Each student's logits on ``inputs`` (with autograd, as the caller's context allows)."""
+        return [self.logits_fn(net, inputs) for net in self.networks]
+
+    def penalty(self, teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``sum_i lambda_i kl(teacher, student_i.detach(), T)``: multiply by alpha and add to the task loss."""
+        return teachability_kl(teacher_logits, student_logits, self.temperature, self.weights)
+
+    def imitation_loss(self, student_logits: Sequence[torch.Tensor], teacher_logits: torch.Tensor,
+                       variant: str = "kl", labels: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Sum over students of :func:`student_loss` (each student only gets its own term's gradient)."""
+        return sum(student_loss(s, teacher_logits, self.temperature, variant, labels, **kwargs)
+                   for s in student_logits)
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        """Clip (if asked) and step every student's optimizer on the gradients already accumulated."""
+        for net, opt in zip(self.networks, self.optimizers):
+            if self.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(net.parameters(), self.max_grad_norm)
+            opt.step()
+
+    def imitate(self, inputs: torch.Tensor, teacher_logits: torch.Tensor, variant: str = "kl",
+                labels: torch.Tensor | None = None, autocast: Callable[[], object] | None = None,
+                **kwargs) -> float:
+        """One imitation step of every student on ``inputs`` towards fixed ``teacher_logits``.
+
+        Returns the mean student loss (a float, for logging).
+        """
+        self.zero_grad()
+        with (autocast() if autocast else nullcontext()):
+            logits = self.logits(inputs)
+        loss = self.imitation_loss(logits, teacher_logits, variant, labels, **kwargs)
+        loss.backward()
+        self.step()
+        return float(loss.detach()) / max(len(self), 1)
+
+    def scheduler_step(self) -> None:
+        for sched in self.schedulers:
+            sched.step()
+
+    def train(self, mode: bool = True) -> "Students":
+        self.networks.train(mode)
+        return self
+
+    def to(self, *args, **kwargs) -> "Students":
+        self.networks.to(*args, **kwargs)
+        return self
+
+    def state_dict(self) -> dict:
+        return {
+            "networks": [net.state_dict() for net in self.networks],
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "weights": list(self.weights),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["networks"]) != len(self.networks):
+            raise LoTUserError(f"the checkpoint holds {len(state['networks'])} students but this run has "
+                               f"{len(self.networks)}; use the same --num-students to resume")
+        for net, sd in zip(self.networks, state["networks"]):
+            net.load_state_dict(sd)
+        for opt, sd in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(sd)
+        for sched, sd in zip(self.schedulers, state.get("schedulers", [])):
+            sched.load_state_dict(sd)
+        self.weights = list(state.get("weights", self.weights))
+

@@ -1,0 +1,87 @@
+"""Run folders: TensorBoard events, the same scalars as JSON lines, and a progress bar.
+
+Every training command writes ``runs/<run-name>/`` with ``events.out.tfevents.*`` (TensorBoard, CleanRL's
+tag names), ``metrics.jsonl`` (one ``{"step": ..., "tag": value, ...}`` object per logging call) and
+``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from lot_rl.errors import LoTUserError
+
+METRICS_NAME = "metrics.jsonl"
+
+
+def make_run_dir(root: str | Path, run_name: str, exist_ok: bool = False) -> Path:
+    """Create ``root/run_name``; refuse to reuse a folder that already has a checkpoint (use --resume)."""
+    run_dir = Path(root) / run_name
+    if not exist_ok and (run_dir / "checkpoint.pt").exists():
+        raise LoTUserError(f"run folder {run_dir} already holds a checkpoint; continue it with "
+                           f"--resume {run_dir} or choose another --run-name")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise LoTUserError(f"cannot write to run folder {run_dir}: {exc.strerror}") from exc
+    return run_dir
+
+
+class RunLogger:
+    """Scalars to TensorBoard and ``metrics.jsonl`` at once."""
+
+    def __init__(self, run_dir: str | Path, hparams: dict[str, Any] | None = None, purge_step: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+        self._jsonl = open(self.run_dir / METRICS_NAME, "a", buffering=1)
+        if hparams is not None and purge_step is None:
+            table = "\n".join(f"|{k}|{v}|" for k, v in hparams.items())
+            self.writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        clean = {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(float(v))}
+        for tag, value in clean.items():
+            self.writer.add_scalar(tag, value, step)
+        self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+
+    def flush(self) -> None:
+        self.writer.flush()
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+        self._jsonl.close()
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (skips a final partial line left by a crash)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        raise LoTUserError(f"{run_dir} has no {METRICS_NAME}: not a lot_rl run folder")
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def progress_bar(total: int, initial: int = 0, desc: str = "", unit: str = "step") -> tqdm:
+    """A tqdm bar (steps, rate, ETA); quiet when stderr is not a terminal unless LOT_RL_PROGRESS=1."""
+    disable = not (sys.stderr.isatty() or os.environ.get("LOT_RL_PROGRESS") == "1")
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
+                disable=disable, smoothing=0.1)
