@@ -143,9 +143,10 @@ class Students:
         """Each student's logits on ``inputs`` (with autograd, as the caller's context allows)."""
         return [self.logits_fn(net, inputs) for net in self.networks]
 
-    def penalty(self, teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor]) -> torch.Tensor:
+    def penalty(self, teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor],
+                detach: bool = True) -> torch.Tensor:
         """``sum_i lambda_i kl(teacher, student_i.detach(), T)``: multiply by alpha and add to the task loss."""
-        return teachability_kl(teacher_logits, student_logits, self.temperature, self.weights)
+        return teachability_kl(teacher_logits, student_logits, self.temperature, self.weights, detach=detach)
 
     def imitation_loss(self, student_logits: Sequence[torch.Tensor], teacher_logits: torch.Tensor,
                        variant: str = "kl", labels: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -211,3 +212,60 @@ class Students:
             sched.load_state_dict(sd)
         self.weights = list(state.get("weights", self.weights))
 
+
+
+class ObservationCache:
+    """The students' training states: the observations of the last ``capacity`` rollouts.
+
+    ``mode="copies"`` (default) keeps real copies in a ring buffer. ``mode="reference"`` reproduces the
+    public LoT reference, whose cache held views of the rollout buffer that the next rollout overwrote:
+    every one of its ``min(rollouts seen, capacity)`` entries is the latest rollout.
+    """
+
+    MODES = ("copies", "reference")
+
+    def __init__(self, capacity: int, mode: str = "copies"):
+        require(capacity >= 1, f"--obs-num must be >= 1, got {capacity}")
+        require(mode in self.MODES, f"unknown --cache-mode {mode!r}; choose one of {', '.join(self.MODES)}")
+        self.capacity, self.mode = capacity, mode
+        self._buffer: torch.Tensor | None = None  # (capacity, rollout_size, *obs_shape), allocated lazily
+        self._next = 0  # ring position of the next write
+        self.seen = 0  # rollouts appended so far
+
+    def __len__(self) -> int:
+        return min(self.seen, self.capacity)
+
+    def append(self, observations: torch.Tensor) -> None:
+        """Add one rollout's observations, shape ``(rollout_size, *obs_shape)`` (copied)."""
+        if self._buffer is None or (self.mode == "copies" and self._buffer.shape[1:] != observations.shape):
+            slots = self.capacity if self.mode == "copies" else 1
+            self._buffer = observations.new_empty((slots, *observations.shape))
+            self._next = 0
+        if self.mode == "reference":
+            self._buffer[0].copy_(observations)
+        else:
+            self._buffer[self._next].copy_(observations)
+            self._next = (self._next + 1) % self.capacity
+        self.seen += 1
+
+    def entries(self) -> list[torch.Tensor]:
+        """The cached rollouts, oldest first (in reference mode: the latest rollout, ``len(self)`` times)."""
+        if self._buffer is None:
+            return []
+        if self.mode == "reference":
+            return [self._buffer[0]] * len(self)
+        order = [(self._next + i) % self.capacity for i in range(self.capacity)] if self.seen >= self.capacity \
+            else list(range(self.seen))
+        return [self._buffer[i] for i in order]
+
+    def state_dict(self) -> dict:
+        entries = self.entries() if self.mode == "copies" else self.entries()[:1]
+        return {"mode": self.mode, "capacity": self.capacity, "seen": self.seen,
+                "entries": [e.clone() for e in entries]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.capacity, self.mode = state["capacity"], state["mode"]
+        self._buffer, self._next, self.seen = None, 0, 0
+        for e in state["entries"]:
+            self.append(e)
+        self.seen = state["seen"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import threading
 import sys
 import time
 from pathlib import Path
@@ -85,3 +87,30 @@ def progress_bar(total: int, initial: int = 0, desc: str = "", unit: str = "step
     disable = not (sys.stderr.isatty() or os.environ.get("LOT_RL_PROGRESS") == "1")
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
                 disable=disable, smoothing=0.1)
+
+
+class GracefulInterrupt:
+    """Turn the first Ctrl-C into a request that the training loop honours at the next safe point.
+
+    The loop checks :attr:`requested` after each update/epoch, saves a checkpoint and stops, so no work is
+    lost and no half-updated state is saved. A second Ctrl-C interrupts at once (the last checkpoint, being
+    written atomically, stays intact). Outside the main thread it does nothing.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this step, saving a checkpoint, then stopping (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

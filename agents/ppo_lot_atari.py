@@ -1,0 +1,620 @@
+"""PPO with Learning-from-Teaching students on Atari, in one file (CleanRL's ``ppo_atari.py`` layout).
+
+Read top to bottom: options, networks, then :func:`train` in the order things happen: rollout, GAE, the PPO
+update (with the teachability penalty), the student phase, logging and checkpoints. The LoT additions are
+marked ``# LoT:``; their math comes from :mod:`lot_rl.regularizer`, so this file shows *when* things
+happen and the regularizer says *what* they are. With ``--alpha 0 --num-students 0`` this is CleanRL's PPO.
+
+    lot-rl train                                   # LoT, the paper's settings, on Breakout
+    lot-rl train --preset ppo                      # CleanRL's PPO (teacher only)
+    lot-rl train --preset paper --alpha 0 --num-students 0   # the paper's teacher-only baseline
+    lot-rl train --resume runs/<run-name>          # continue a run from its checkpoint
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.distributions.categorical import Categorical
+
+from lot_rl import config as cfg_lib
+from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint,
+                               set_rng_state)
+from lot_rl.envs.atari import (BACKENDS, get_env_state, make_atari_env, parse_env_id, set_env_state,
+                               supports_state)
+from lot_rl.errors import LoTUserError, require
+from lot_rl.regularizer import ObservationCache, Students, validate_lot_options
+from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
+
+CHECKPOINT_KIND = "atari-ppo-lot"
+STUDENT_ARCHS = ("nature", "small")
+
+
+@dataclass
+class Args:
+    # --- experiment
+    exp_name: str = cfg_lib.option("ppo_lot", "name of the experiment (part of the run name)")
+    seed: int = cfg_lib.option(1, "seed of the experiment")
+    torch_deterministic: bool = cfg_lib.option(True, "set torch.backends.cudnn.deterministic")
+    device: str = cfg_lib.option("auto", "torch device: auto (cuda if available), cpu, cuda, cuda:N")
+    run_dir: str = cfg_lib.option("runs", "folder under which the run folder is created")
+    run_name: str | None = cfg_lib.option(None, "run folder name (default: <env>__<exp>__<seed>__<time>)")
+    save_every: int = cfg_lib.option(50, "write a checkpoint every N updates (and always at the end)")
+    # --- environment
+    env_id: str = cfg_lib.option("BreakoutNoFrameskip-v4", "Atari id (BreakoutNoFrameskip-v4 or ALE/Breakout-v5)")
+    env_backend: str = cfg_lib.option("ale", "ale: native vector env (fast); gymnasium: wrappers (parity, "
+                                      "exact resume)", choices=BACKENDS)
+    num_envs: int = cfg_lib.option(8, "number of parallel environments")
+    repeat_action_probability: float | None = cfg_lib.option(
+        None, "sticky actions (default: 0 for -v4 ids, 0.25 for ALE/-v5 ids)")
+    full_action_space: bool = cfg_lib.option(False, "use all 18 Atari actions")
+    env_threads: int = cfg_lib.option(0, "threads of the native vector env (0: one per env up to the cores)")
+    # --- PPO (the teacher)
+    total_timesteps: int = cfg_lib.option(20_000_000, "total environment steps (agent steps, all envs)")
+    learning_rate: float = cfg_lib.option(2.5e-4, "Adam learning rate of the teacher")
+    lr_schedule: str = cfg_lib.option("cosine", "cosine: anneal to --final-lr (the LoT reference); linear: "
+                                      "anneal to 0 (CleanRL); constant", choices=("cosine", "linear", "constant"))
+    final_lr: float = cfg_lib.option(2.5e-6, "learning rate at the end of the cosine schedule")
+    adam_eps: float = cfg_lib.option(1e-5, "Adam epsilon")
+    num_steps: int = cfg_lib.option(128, "steps per environment per rollout")
+    gamma: float = cfg_lib.option(0.99, "discount factor")
+    gae_lambda: float = cfg_lib.option(0.95, "GAE lambda")
+    num_minibatches: int = cfg_lib.option(4, "minibatches per PPO epoch")
+    update_epochs: int = cfg_lib.option(4, "PPO epochs per update")
+    norm_adv: bool = cfg_lib.option(True, "normalize advantages per minibatch")
+    clip_coef: float = cfg_lib.option(0.1, "PPO surrogate clipping coefficient")
+    clip_vloss: bool = cfg_lib.option(True, "clip the value loss as in the PPO paper")
+    ent_coef: float = cfg_lib.option(0.01, "entropy bonus coefficient")
+    vf_coef: float = cfg_lib.option(0.5, "value loss coefficient")
+    max_grad_norm: float = cfg_lib.option(0.5, "gradient-norm clip of the teacher")
+    target_kl: float | None = cfg_lib.option(None, "stop the PPO epochs early above this approx KL")
+    # --- LoT
+    alpha: float = cfg_lib.option(0.5, "weight of the teachability penalty (0: off)")
+    num_students: int = cfg_lib.option(1, "number of students K (0: no students)")
+    student_weights: list[float] = cfg_lib.option([], "lambda_i per student (default: equal, summing to 1)")
+    student_steps_ratio: int = cfg_lib.option(5, "N: passes of student imitation over the cache per update")
+    obs_num: int = cfg_lib.option(10, "rollouts kept in the students' observation cache")
+    cache_mode: str = cfg_lib.option("copies", "copies: the last obs_num rollouts; reference: the LoT "
+                                     "reference's aliasing (every entry is the latest rollout)",
+                                     choices=ObservationCache.MODES)
+    temperature: float = cfg_lib.option(1.0, "softmax temperature T of the KL terms")
+    detach: bool = cfg_lib.option(True, "detach student logits in the teacher's penalty (no gradient to students)")
+    lot_start: float = cfg_lib.option(0.0, "fraction of training before the penalty starts (it is always off "
+                                      "in the first update, whose students are untrained)")
+    student_arch: str = cfg_lib.option("nature", "student network: nature (the teacher's CNN) or small",
+                                       choices=STUDENT_ARCHS)
+    student_lr: float | None = cfg_lib.option(None, "student learning rate (default: --learning-rate), "
+                                              "same schedule as the teacher")
+    student_weight_decay: float = cfg_lib.option(1e-4, "student Adam weight decay")
+    student_max_grad_norm: float = cfg_lib.option(0.5, "gradient-norm clip of each student")
+    student_on_ppo_batches: bool = cfg_lib.option(True, "also train students on every PPO minibatch (as the "
+                                                  "reference does)")
+    # --- speed
+    precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (CPU with AVX-512 BF16, or GPU)",
+                                    choices=("fp32", "bf16"))
+    channels_last: bool = cfg_lib.option(False, "channels-last memory format for the CNNs")
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_timesteps // self.batch_size
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The LoT reference's settings (the defaults above).
+    "paper": dict(total_timesteps=20_000_000, lr_schedule="cosine", final_lr=2.5e-6, alpha=0.5,
+                  num_students=1, student_steps_ratio=5, obs_num=10, temperature=1.0, student_weight_decay=1e-4),
+    # CleanRL's ppo_atari.py: teacher only, linear annealing to 0, 10M steps.
+    "ppo": dict(total_timesteps=10_000_000, lr_schedule="linear", alpha=0.0, num_students=0,
+                student_steps_ratio=0),
+}
+
+OPTION_GROUPS = {**{n: "experiment" for n in ("exp_name", "seed", "torch_deterministic", "device", "run_dir",
+                                               "run_name", "save_every")},
+                 **{n: "environment" for n in ("env_id", "env_backend", "num_envs", "repeat_action_probability",
+                                                "full_action_space", "env_threads")},
+                 **{n: "LoT" for n in ("alpha", "num_students", "student_weights", "student_steps_ratio",
+                                        "obs_num", "cache_mode", "temperature", "detach", "lot_start",
+                                        "student_arch", "student_lr", "student_weight_decay",
+                                        "student_max_grad_norm", "student_on_ppo_batches")},
+                 **{n: "speed" for n in ("precision", "channels_last")}}
+
+
+def validate_args(args: Args) -> None:
+    """Every option's domain, checked before anything is built."""
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "save_every"):
+        require(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require(args.batch_size % args.num_minibatches == 0,
+            f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} "
+            f"(num_envs x num_steps); choose a divisor of {args.batch_size}")
+    require(args.total_timesteps >= args.batch_size,
+            f"--total-timesteps {args.total_timesteps} is less than one rollout ({args.batch_size} steps)")
+    require(args.learning_rate > 0, f"--learning-rate must be > 0, got {args.learning_rate}")
+    require(0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
+    require(args.clip_coef > 0, f"--clip-coef must be > 0, got {args.clip_coef}")
+    require(0.0 <= args.lot_start <= 1.0, f"--lot-start is a fraction of training in [0, 1], got {args.lot_start}")
+    require(args.obs_num >= 1, f"--obs-num must be >= 1, got {args.obs_num}")
+    validate_lot_options(args.alpha, args.num_students, args.temperature, args.student_steps_ratio)
+    if args.student_weights:
+        require(len(args.student_weights) == args.num_students,
+                f"--student-weights has {len(args.student_weights)} values for {args.num_students} students")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Networks
+
+
+def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    """Orthogonal weights and constant bias, as CleanRL (and the PPO implementation details) do."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def nature_cnn() -> nn.Sequential:
+    """The DQN Nature CNN trunk: 4x84x84 uint8 frames (scaled inside the agent) -> 512 features."""
+    return nn.Sequential(
+        layer_init(nn.Conv2d(4, 32, 8, stride=4)), nn.ReLU(),
+        layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
+        layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
+        nn.Flatten(), layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU())
+
+
+def small_cnn() -> nn.Sequential:
+    """A smaller student trunk (the 2013 DQN CNN): about a third of the Nature CNN's compute."""
+    return nn.Sequential(
+        layer_init(nn.Conv2d(4, 16, 8, stride=4)), nn.ReLU(),
+        layer_init(nn.Conv2d(16, 32, 4, stride=2)), nn.ReLU(),
+        nn.Flatten(), layer_init(nn.Linear(32 * 9 * 9, 256)), nn.ReLU())
+
+
+class Agent(nn.Module):
+    """The teacher: a shared Nature CNN with a policy head (logits) and a value head."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        self.network = nature_cnn()
+        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(512, 1), std=1)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x / 255.0)
+
+    def get_value(self, x: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.hidden(x))
+
+    def policy_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.hidden(x))
+
+    def get_action_and_value(self, x: torch.Tensor, action: torch.Tensor | None = None):
+        """(action, log-prob, entropy, value, logits); samples an action when none is given."""
+        hidden = self.hidden(x)
+        logits = self.actor(hidden).float()  # the distribution in fp32 even under bf16 autocast
+        probs = Categorical(logits=logits)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), self.critic(hidden).float(), logits
+
+
+class StudentPolicy(nn.Module):
+    """A student: a CNN trunk and a policy head. It has no value head: it only imitates the teacher's policy."""
+
+    def __init__(self, num_actions: int, arch: str = "nature"):
+        super().__init__()
+        require(arch in STUDENT_ARCHS, f"unknown --student-arch {arch!r}; choose one of {', '.join(STUDENT_ARCHS)}")
+        self.network = nature_cnn() if arch == "nature" else small_cnn()
+        self.actor = layer_init(nn.Linear(512 if arch == "nature" else 256, num_actions), std=0.01)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.network(x / 255.0))
+
+
+def make_students(args: Args, num_actions: int, device: torch.device, lr_lambda) -> Students:
+    """K students, each with Adam (weight decay) on the teacher's learning-rate schedule."""
+    student_lr = args.student_lr or args.learning_rate
+    networks = [StudentPolicy(num_actions, args.student_arch).to(device) for _ in range(args.num_students)]
+    if args.channels_last:
+        networks = [net.to(memory_format=torch.channels_last) for net in networks]
+    return Students(
+        networks,
+        make_optimizer=lambda params: torch.optim.Adam(params, lr=student_lr, eps=args.adam_eps,
+                                                       weight_decay=args.student_weight_decay),
+        make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
+        weights=args.student_weights or None, temperature=args.temperature,
+        max_grad_norm=args.student_max_grad_norm)
+
+
+def lr_factor(args: Args):
+    """Learning-rate multiplier as a function of the number of finished updates (for LambdaLR)."""
+    num_updates = max(args.num_updates, 1)
+
+    def factor(done_updates: int) -> float:
+        progress = min(done_updates / num_updates, 1.0)
+        if args.lr_schedule == "linear":
+            return 1.0 - progress
+        if args.lr_schedule == "cosine":
+            floor = args.final_lr / args.learning_rate
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    return factor
+
+
+# ----------------------------------------------------------------------------------------------------
+# The PPO loss (CleanRL's), as a function so that tests can hold it against an independent computation.
+
+
+def ppo_loss(agent: Agent, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
+             advantages: torch.Tensor, returns: torch.Tensor, old_values: torch.Tensor, args: Args):
+    """CleanRL's clipped PPO loss on one minibatch. Returns (loss, stats dict of tensors, new logits)."""
+    _, newlogprob, entropy, newvalue, logits = agent.get_action_and_value(obs, actions.long())
+    logratio = newlogprob - old_logprobs
+    ratio = logratio.exp()
+    with torch.no_grad():
+        old_approx_kl = (-logratio).mean()
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+    if args.norm_adv:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg_loss = torch.max(-advantages * ratio,
+                        -advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+    newvalue = newvalue.view(-1)
+    if args.clip_vloss:
+        v_unclipped = (newvalue - returns) ** 2
+        v_clipped = old_values + torch.clamp(newvalue - old_values, -args.clip_coef, args.clip_coef)
+        v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - returns) ** 2).mean()
+    else:
+        v_loss = 0.5 * ((newvalue - returns) ** 2).mean()
+    entropy_loss = entropy.mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    stats = {name: value.detach() for name, value in dict(
+        policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss, old_approx_kl=old_approx_kl,
+        approx_kl=approx_kl, clipfrac=clipfrac).items()}
+    return loss, stats, logits
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
+    """Generalized advantage estimates and returns over a (num_steps, num_envs) rollout."""
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = 0
+    num_steps = rewards.shape[0]
+    for t in reversed(range(num_steps)):
+        if t == num_steps - 1:
+            nextnonterminal, nextvalues = 1.0 - next_done, next_value
+        else:
+            nextnonterminal, nextvalues = 1.0 - dones[t + 1], values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    return advantages, advantages + values
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise LoTUserError(f"--device {name!r} is not a torch device (use auto, cpu, cuda, cuda:N)") from exc
+    require(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
+    return device
+
+
+def autocast_for(device: torch.device, precision: str):
+    """A factory of autocast contexts (bf16) or of null contexts (fp32)."""
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _to_device_obs(x: np.ndarray | torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    t = torch.as_tensor(x, device=device)
+    return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
+
+
+def train(args: Args, resume: str | Path | None = None, max_updates: int | None = None) -> Path:
+    """Train; return the run folder.
+
+    ``resume`` continues the run saved in that folder (or checkpoint file). ``max_updates`` stops this call
+    after that many updates (with a checkpoint), as a Ctrl-C does; resuming then continues the same run.
+    """
+    checkpoint = None
+    if resume is not None:
+        checkpoint = load_checkpoint(resume, kind=CHECKPOINT_KIND)
+    validate_args(args)
+    game = parse_env_id(args.env_id)
+    if checkpoint is not None:
+        saved = checkpoint["config"]
+        require(parse_env_id(saved["env_id"]).rom == game.rom,
+                f"checkpoint {checkpoint['path']} is from {saved['env_id']}, not {args.env_id}")
+        run_dir = Path(checkpoint["path"]).parent
+    else:
+        run_name = args.run_name or f"{game.name}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = make_run_dir(args.run_dir, run_name)
+    device = resolve_device(args.device)
+
+    # Seeding (CleanRL)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    envs = make_atari_env(args.env_id, args.num_envs, args.seed, backend=args.env_backend,
+                          repeat_action_probability=args.repeat_action_probability,
+                          full_action_space=args.full_action_space, num_threads=args.env_threads)
+    num_actions = int(envs.single_action_space.n)
+    if checkpoint is not None:
+        require(checkpoint["num_actions"] == num_actions,
+                f"checkpoint {checkpoint['path']} has {checkpoint['num_actions']} actions, this env has "
+                f"{num_actions} (--full-action-space differs?)")
+
+    agent = Agent(num_actions).to(device)
+    if args.channels_last:
+        agent = agent.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args))
+    autocast = autocast_for(device, args.precision)
+    # LoT: the students, their optimizers, and the cache of rollout states they imitate the teacher on
+    students = make_students(args, num_actions, device, lr_factor(args))
+    cache = ObservationCache(args.obs_num, args.cache_mode)
+    lot_start_update = max(1, math.ceil(args.lot_start * args.num_updates))
+    # LoT: do the students get gradients in the PPO phase (their imitation on the minibatch, or an
+    # undetached penalty)? If not, their logits there are computed without autograd.
+    students_learn_here = len(students) > 0 and (args.student_on_ppo_batches or not args.detach)
+
+    # Rollout storage (CleanRL), observations kept as uint8
+    obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape,
+                      dtype=torch.uint8, device=device)
+    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+    rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
+    dones = torch.zeros((args.num_steps, args.num_envs), device=device)
+    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+
+    global_step, start_update = 0, 1
+    next_obs_np, _ = envs.reset(seed=args.seed)
+    next_done = torch.zeros(args.num_envs, device=device)
+    if checkpoint is not None:
+        agent.load_state_dict(checkpoint["agent"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        students.load_state_dict(checkpoint["students"])
+        cache.load_state_dict({**checkpoint["cache"], "entries": [e.to(device) for e in checkpoint["cache"]["entries"]]})
+        global_step, start_update = checkpoint["global_step"], checkpoint["update"] + 1
+        set_rng_state(checkpoint["rng"])
+        if checkpoint.get("env_state") is not None and supports_state(envs):
+            set_env_state(envs, checkpoint["env_state"])
+            next_obs_np = checkpoint["next_obs"].numpy()
+            next_done = checkpoint["next_done"].to(device)
+        else:
+            # The native vector env cannot restore its games: continue with new ones.
+            next_obs_np, _ = envs.reset(seed=args.seed + start_update)
+    next_obs = _to_device_obs(next_obs_np, device, False)
+
+    def write_checkpoint(update: int) -> Path:
+        return save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
+            "config": cfg_lib.to_dict(args), "num_actions": num_actions, "update": update,
+            "global_step": global_step, "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "students": students.state_dict(),
+            "cache": cache.state_dict(), "rng": rng_state(), "env_state": get_env_state(envs),
+            "next_obs": next_obs.cpu(), "next_done": next_done.cpu()})
+
+    cfg_lib.save_config(args, run_dir / "config.yaml")
+    logger = RunLogger(run_dir, hparams=cfg_lib.to_dict(args),
+                       purge_step=global_step if checkpoint is not None else None)
+    bar = progress_bar(args.num_updates * args.batch_size, initial=global_step, desc=game.name)
+    recent_returns: list[float] = []
+    start_time, start_step = time.time(), global_step
+    interrupt = GracefulInterrupt()
+    try:
+        for update in range(start_update, args.num_updates + 1):
+            # ---------------- rollout
+            for step in range(args.num_steps):
+                global_step += args.num_envs
+                obs[step] = next_obs
+                dones[step] = next_done
+                with torch.inference_mode(), autocast():
+                    action, logprob, _, value, _ = agent.get_action_and_value(
+                        _to_device_obs(next_obs, device, args.channels_last))
+                values[step] = value.flatten()
+                actions[step] = action
+                logprobs[step] = logprob
+                next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+                rewards[step] = torch.as_tensor(np.sign(reward), device=device)  # CleanRL's reward clipping
+                next_obs = torch.as_tensor(next_obs_np, device=device)
+                next_done = torch.as_tensor(np.logical_or(terminations, truncations), device=device,
+                                            dtype=torch.float32)
+                if "_episode" in infos:
+                    for i in np.flatnonzero(infos["_episode"]):
+                        ret, length = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
+                        recent_returns = (recent_returns + [ret])[-20:]
+                        logger.log(global_step, {"charts/episodic_return": ret, "charts/episodic_length": length})
+
+            # ---------------- GAE
+            with torch.inference_mode(), autocast():
+                next_value = agent.get_value(_to_device_obs(next_obs, device, args.channels_last)).float().reshape(1, -1)
+            advantages, returns = compute_gae(rewards, values, dones, next_value, next_done,
+                                              args.gamma, args.gae_lambda)
+            b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
+            b_logprobs, b_actions = logprobs.reshape(-1), actions.reshape(-1)
+            b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+            if args.channels_last:
+                b_obs = b_obs.contiguous(memory_format=torch.channels_last)
+
+            # LoT: remember this rollout's states for the student phase
+            if len(students):
+                cache.append(b_obs)
+            # LoT: the penalty is off until the students have imitated at least once (and until --lot-start)
+            alpha_now = args.alpha if (update > lot_start_update and len(students)) else 0.0
+
+            # ---------------- PPO update (+ LoT teachability penalty and student steps on the same batch)
+            b_inds = np.arange(args.batch_size)
+            clipfracs, teacher_kls, ppo_student_kls = [], [], []
+            for epoch in range(args.update_epochs):
+                np.random.shuffle(b_inds)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    mb = torch.as_tensor(b_inds[start:start + args.minibatch_size], device=device)
+                    with autocast():
+                        loss, stats, new_logits = ppo_loss(agent, b_obs[mb], b_actions[mb], b_logprobs[mb],
+                                                           b_advantages[mb], b_returns[mb], b_values[mb], args)
+                        with torch.set_grad_enabled(students_learn_here):
+                            student_logits = students.logits(b_obs[mb]) if len(students) else []
+                    if len(students):
+                        # LoT: teacher loss += alpha * sum_i lambda_i kl(teacher, student_i.detach(), T)
+                        penalty = students.penalty(new_logits, student_logits, detach=args.detach)
+                        teacher_kls.append(float(penalty.detach()))
+                        loss = loss + alpha_now * penalty
+                        if args.student_on_ppo_batches:
+                            # LoT: students imitate the teacher on this minibatch too (own optimizers)
+                            imitation = students.imitation_loss(student_logits, new_logits)
+                            ppo_student_kls.append(float(imitation.detach()) / len(students))
+                            loss = loss + imitation
+                    optimizer.zero_grad(set_to_none=True)
+                    students.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    if students_learn_here:
+                        students.step()
+                    clipfracs.append(float(stats["clipfrac"]))
+                if args.target_kl is not None and float(stats["approx_kl"]) > args.target_kl:
+                    break
+
+            # ---------------- LoT: student phase, N passes of imitation over the cached rollouts
+            student_kls = []
+            if len(students) and args.student_steps_ratio > 0:
+                student_kls = student_phase(agent, students, cache, args, autocast)
+            scheduler.step()
+            students.scheduler_step()
+
+            # ---------------- logging (CleanRL's tags, plus lot/*)
+            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+            sps = int((global_step - start_step) / max(time.time() - start_time, 1e-9))
+            scalars = {
+                "charts/learning_rate": optimizer.param_groups[0]["lr"],
+                "losses/value_loss": float(stats["value_loss"]), "losses/policy_loss": float(stats["policy_loss"]),
+                "losses/entropy": float(stats["entropy"]), "losses/old_approx_kl": float(stats["old_approx_kl"]),
+                "losses/approx_kl": float(stats["approx_kl"]), "losses/clipfrac": float(np.mean(clipfracs)),
+                "losses/explained_variance": explained_var, "charts/SPS": sps, "lot/alpha": alpha_now,
+            }
+            if teacher_kls:
+                scalars["lot/teacher_kl"] = float(np.mean(teacher_kls))
+            if student_kls or ppo_student_kls:
+                scalars["lot/student_kl"] = float(np.mean(student_kls or ppo_student_kls))
+            logger.log(global_step, scalars)
+            bar.update(args.batch_size)
+            bar.set_postfix(SPS=sps, ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-")
+            stop = interrupt.requested or (max_updates is not None and update - start_update + 1 >= max_updates)
+            if update % args.save_every == 0 or update == args.num_updates or stop:
+                write_checkpoint(update)
+            if stop:
+                if interrupt.requested:
+                    bar.write(f"interrupted after update {update}: saved; continue with "
+                              f"lot-rl train --resume {run_dir}")
+                break
+    finally:
+        interrupt.restore()
+        bar.close()
+        logger.close()
+        envs.close()
+    if interrupt.requested:
+        raise KeyboardInterrupt
+    return run_dir
+
+
+@torch.no_grad()
+def teacher_targets(agent: Agent, observations: torch.Tensor, autocast, chunk: int = 1024) -> torch.Tensor:
+    """The teacher's policy logits on cached states, computed once per update without autograd."""
+    with torch.inference_mode(), autocast():
+        return torch.cat([agent.policy_logits(observations[i:i + chunk]).float()
+                          for i in range(0, observations.shape[0], chunk)])
+
+
+def student_phase(agent: Agent, students: Students, cache: ObservationCache, args: Args, autocast) -> list[float]:
+    """N passes over the cache; per cached rollout, ``num_minibatches`` shuffled imitation minibatches.
+
+    The teacher does not change during the phase, so its targets are computed once per distinct cached
+    rollout (the reference recomputed them with autograd for every minibatch of every pass).
+    """
+    entries = cache.entries()
+    distinct = {id(e): e for e in entries}
+    targets = {key: teacher_targets(agent, e, autocast) for key, e in distinct.items()}
+    losses = []
+    for _ in range(args.student_steps_ratio):
+        for entry in entries:
+            target = targets[id(entry)]
+            inds = torch.randperm(entry.shape[0], device=entry.device)
+            size = entry.shape[0] // args.num_minibatches
+            for start in range(0, size * args.num_minibatches, size):
+                mb = inds[start:start + size]
+                mb_obs = entry[mb]
+                if args.channels_last:
+                    mb_obs = mb_obs.contiguous(memory_format=torch.channels_last)
+                losses.append(students.imitate(mb_obs, target[mb], autocast=autocast))
+    return losses
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line: `lot-rl train`
+
+
+def configure_parser(parser: argparse.ArgumentParser, command: str = "train") -> None:
+    parser.description = ("Train a PPO teacher with LoT students on an Atari game. Without options: LoT with "
+                          "the paper's settings on Breakout.")
+    parser.add_argument("--preset", choices=list(PRESETS), default=None,
+                        help="paper: the LoT reference's settings (the defaults); ppo: CleanRL's PPO, teacher only")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML or TOML file of options (the command line wins)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="continue the run saved in RUN_DIR (or a checkpoint file); options given here override")
+    cfg_lib.add_options(parser, Args, OPTION_GROUPS)
+
+
+def args_from_namespace(ns: argparse.Namespace) -> tuple[Args, str | None]:
+    """Resolve defaults < preset < config file < command line (< a resumed run's saved config)."""
+    cli_values = {k: v for k, v in vars(ns).items() if k not in ("preset", "config", "resume")}
+    if ns.resume:
+        saved = load_checkpoint(ns.resume, kind=CHECKPOINT_KIND)["config"]
+        base = cfg_lib.from_dict(Args, saved)
+        return cfg_lib.resolve(Args, {**cfg_lib.to_dict(base), **cli_values}), ns.resume
+    return cfg_lib.resolve(Args, cli_values, PRESETS, ns.preset, ns.config), None
+
+
+def run_command(ns: argparse.Namespace, command: str = "train") -> int:
+    args, resume = args_from_namespace(ns)
+    try:
+        run_dir = train(args, resume=resume)
+    except KeyboardInterrupt:
+        return 130
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from lot_rl.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

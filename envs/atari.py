@@ -1,0 +1,304 @@
+"""The one way to build Atari environments for lot_rl.
+
+``make_atari_env(env_id, num_envs, seed)`` returns a gymnasium 1.x ``VectorEnv`` with CleanRL's Atari
+preprocessing: up to 30 no-op starts, frame-skip 4 with max-pooling of the last two frames, fire on reset
+(when the game has FIRE), 84x84 grayscale, a 4-frame stack (observations ``uint8 (num_envs, 4, 84, 84)``),
+and, for training, a termination signal on every life loss (``episodic_life``). No sticky actions unless
+asked (or the id is an ``ALE/...-v5`` id, whose protocol uses 0.25).
+
+Rewards are the raw game rewards: learners clip them themselves (``np.sign``, as CleanRL's ClipRewardEnv).
+Episode statistics follow gymnasium's vector ``RecordEpisodeStatistics``: when a *game* ends (all lives
+lost or the 108,000-frame cap), ``info["episode"]["r"]`` / ``["l"]`` hold its true return (unclipped,
+summed over lives) and length in emulator frames (what CleanRL and SB3's Monitor report; agent steps are
+frames / 4), and ``info["_episode"]`` marks which envs finished.
+Environments reset themselves on the same step (gymnasium's ``AutoresetMode.SAME_STEP``): the returned
+observation is already the first one of the next episode, as PPO's rollout expects.
+
+Two backends build the same pipeline:
+
+- ``"ale"`` (default, fast): ale-py's native C++ ``AtariVectorEnv`` stepping all envs in threads.
+  Difference from CleanRL, documented: after a life loss the game simply continues (no extra no-op/fire
+  reset step as CleanRL's EpisodicLifeEnv + FireResetEnv do); the agent learns to press FIRE.
+- ``"gymnasium"``: ``gymnasium.make`` plus SB3's Atari wrappers (the ones CleanRL uses) in a
+  ``SyncVectorEnv``; needed for game modes/difficulties and RGB rendering (videos), and for parity checks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import ale_py
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
+
+from lot_rl.errors import LoTUserError, require
+
+gym.register_envs(ale_py)
+
+BACKENDS = ("ale", "gymnasium")
+MAX_EPISODE_FRAMES = 108_000  # 30 minutes of play at 60 Hz, the standard cap
+_ID_PATTERN = re.compile(r"^(?:ALE/)?(?P<name>[A-Za-z0-9]+?)(?P<noframeskip>NoFrameskip)?(?:-v(?P<version>\d+))?$")
+
+
+@dataclass(frozen=True)
+class AtariGame:
+    """A parsed env id: the ROM (``breakout``), its display name (``Breakout``) and the id's protocol."""
+
+    rom: str
+    name: str
+    env_id: str
+    default_sticky: float  # 0.25 for ALE/...-v5 ids, 0.0 for ...NoFrameskip-v4 / -v4 ids
+
+    @property
+    def gymnasium_id(self) -> str:
+        return f"ALE/{self.name}-v5"
+
+
+@lru_cache(maxsize=1)
+def _known_games() -> dict[str, str]:
+    """Display name -> ROM id, from gymnasium's registry of ALE v5 envs."""
+    games = {}
+    for env_id, spec in gym.registry.items():
+        if env_id.startswith("ALE/") and env_id.endswith("-v5") and "game" in spec.kwargs:
+            games[env_id[4:-3]] = spec.kwargs["game"]
+    return games
+
+
+def parse_env_id(env_id: str) -> AtariGame:
+    """Accept ``BreakoutNoFrameskip-v4``, ``Breakout-v4``, ``ALE/Breakout-v5`` or ``Breakout``."""
+    match = _ID_PATTERN.match(env_id.strip())
+    games = _known_games()
+    name = match.group("name") if match else None
+    if name is not None and name not in games:
+        lower = {g.lower(): g for g in games}
+        name = lower.get(name.lower())
+    if name is None:
+        stem = env_id.replace("ALE/", "").split("-v")[0].replace("NoFrameskip", "")
+        close = difflib.get_close_matches(stem, list(games), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(f'{c}NoFrameskip-v4' for c in close)}?" if close else \
+            "; use ids like BreakoutNoFrameskip-v4 or ALE/Breakout-v5"
+        raise LoTUserError(f"unknown Atari env id {env_id!r}{hint}")
+    version = match.group("version")
+    require(version in (None, "4", "5"), f"env id {env_id!r}: only -v4 and -v5 Atari ids are supported")
+    sticky = 0.25 if (env_id.startswith("ALE/") or version == "5") else 0.0
+    return AtariGame(rom=games[name], name=name, env_id=env_id, default_sticky=sticky)
+
+
+def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: str = "ale",
+                   episodic_life: bool = True, repeat_action_probability: float | None = None,
+                   full_action_space: bool = False, mode: int | None = None, difficulty: int | None = None,
+                   render: bool = False, num_threads: int = 0,
+                   max_episode_frames: int = MAX_EPISODE_FRAMES) -> VectorEnv:
+    """Build ``num_envs`` preprocessed Atari envs (see the module docstring), already validated.
+
+    Args:
+        env_id: ``BreakoutNoFrameskip-v4``, ``ALE/Breakout-v5``, ...
+        episodic_life: terminate on every life loss (training); False for full-game evaluation.
+        repeat_action_probability: sticky actions; None takes the id's protocol (v4: 0, v5: 0.25).
+        mode, difficulty: ALE game flavour (``gymnasium`` backend only; chosen automatically if given).
+        render: keep full-resolution RGB frames available through ``env.call("render")`` (gymnasium).
+    Reset the returned env with ``env.reset(seed=seed)``; ``seed`` here seeds action-space sampling.
+    """
+    game = parse_env_id(env_id)
+    require(num_envs >= 1, f"--num-envs must be >= 1, got {num_envs}")
+    require(backend in BACKENDS, f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    sticky = game.default_sticky if repeat_action_probability is None else repeat_action_probability
+    require(0.0 <= sticky < 1.0, f"--repeat-action-probability must be in [0, 1), got {sticky}")
+    if mode is not None or difficulty is not None or render:
+        backend = "gymnasium"  # the native vector env has no flavours and no RGB frames
+        validate_flavour(game, mode, difficulty)
+    if backend == "ale":
+        env = ale_py.vector_env.AtariVectorEnv(
+            game.rom, num_envs, num_threads=num_threads, autoreset_mode=AutoresetMode.SAME_STEP,
+            repeat_action_probability=sticky, full_action_space=full_action_space,
+            noop_max=30, frameskip=4, maxpool=True, stack_num=4, img_height=84, img_width=84,
+            grayscale=True, use_fire_reset=True, reward_clipping=False,
+            episodic_life=False, life_loss_info=episodic_life,  # episodic_life=True would reset the game
+            max_num_frames_per_episode=max_episode_frames)
+        env = AleEpisodeStatistics(env, frame_skip=4, max_frames=max_episode_frames)
+    else:
+        fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, episodic_life, render,
+                                 max_episode_frames) for _ in range(num_envs)]
+        env = GameEpisodeStatistics(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP))
+    env.action_space.seed(seed)
+    env.unwrapped.spec_game = game  # type: ignore[attr-defined]
+    return env
+
+
+def action_meanings(env_id: str, full_action_space: bool = False) -> list[str]:
+    """The names of the actions of a game (``["NOOP", "FIRE", ...]``)."""
+    game = parse_env_id(env_id)
+    env = gym.make(game.gymnasium_id, full_action_space=full_action_space)
+    try:
+        return list(env.unwrapped.get_action_meanings())
+    finally:
+        env.close()
+
+
+def game_flavours(env_id: str) -> tuple[list[int], list[int]]:
+    """The (modes, difficulties) a game offers."""
+    ale = ale_py.ALEInterface()
+    ale.setLoggerMode(ale_py.LoggerMode.Error)
+    ale.loadROM(ale_py.roms.get_rom_path(parse_env_id(env_id).rom))
+    return [int(m) for m in ale.getAvailableModes()], [int(d) for d in ale.getAvailableDifficulties()]
+
+
+def validate_flavour(game: AtariGame | str, mode: int | None, difficulty: int | None) -> None:
+    """Raise a clear error for a mode/difficulty the game does not offer, listing the valid ones."""
+    game_id = game.env_id if isinstance(game, AtariGame) else game
+    modes, difficulties = game_flavours(game_id)
+    name = game.name if isinstance(game, AtariGame) else parse_env_id(game_id).name
+    require(mode is None or mode in modes, f"{name} has no mode {mode}; valid modes: {modes}")
+    require(difficulty is None or difficulty in difficulties,
+            f"{name} has no difficulty {difficulty}; valid difficulties: {difficulties}")
+
+
+def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, mode: int | None,
+                      difficulty: int | None, episodic_life: bool, render: bool, max_episode_frames: int):
+    from stable_baselines3.common.atari_wrappers import (EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv,
+                                                         NoopResetEnv)
+
+    def thunk() -> gym.Env:
+        kwargs: dict[str, Any] = dict(frameskip=1, repeat_action_probability=sticky,
+                                      full_action_space=full_action_space,
+                                      max_num_frames_per_episode=max_episode_frames)
+        if mode is not None:
+            kwargs["mode"] = mode
+        if difficulty is not None:
+            kwargs["difficulty"] = difficulty
+        env = gym.make(game.gymnasium_id, render_mode="rgb_array" if render else None, **kwargs)
+        env = gym.wrappers.RecordEpisodeStatistics(env)  # innermost: true game return over all lives
+        env = NoopResetEnv(env, noop_max=30)
+        env = MaxAndSkipEnv(env, skip=4)
+        if episodic_life:
+            env = EpisodicLifeEnv(env)
+        if "FIRE" in env.unwrapped.get_action_meanings():
+            env = FireResetEnv(env)
+        env = gym.wrappers.ResizeObservation(env, (84, 84))
+        env = gym.wrappers.GrayscaleObservation(env)
+        env = gym.wrappers.FrameStackObservation(env, 4)
+        return env
+
+    return thunk
+
+
+class AleEpisodeStatistics(VectorWrapper):
+    """True game returns and lengths for ale-py's native vector env, which reports none.
+
+    With ``life_loss_info`` the env terminates on each life loss and keeps playing; a game is over when
+    an env terminates without having lost a life (it reset itself: lives went back up, or the game has no
+    lives), or is truncated by the frame cap.
+    """
+
+    def __init__(self, env: VectorEnv, frame_skip: int = 4, max_frames: int = MAX_EPISODE_FRAMES):
+        super().__init__(env)
+        self._frame_skip, self._max_frames = frame_skip, max_frames
+        self._returns = np.zeros(self.num_envs, dtype=np.float64)
+        self._lives = np.zeros(self.num_envs, dtype=np.int64)
+        self._frames = np.zeros(self.num_envs, dtype=np.int64)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        mask = np.ones(self.num_envs, bool) if not options or "reset_mask" not in options else options["reset_mask"]
+        self._returns[mask] = 0.0
+        self._lives[mask] = info["lives"][mask]
+        self._frames[mask] = info["episode_frame_number"][mask]
+        return obs, info
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(np.asarray(actions))
+        self._returns += reward
+        lives = info["lives"].astype(np.int64)
+        frames = info["episode_frame_number"].astype(np.int64)
+        game_over = truncated | (terminated & (lives >= self._lives))
+        if game_over.any():
+            info = dict(info)
+            # The info already describes the next game (same-step reset): the finished game lasted the
+            # frames seen before this step plus this step's frame-skip.
+            info["episode"] = {"r": np.where(game_over, self._returns, 0.0),
+                               "l": np.where(game_over, np.minimum(self._frames + self._frame_skip,
+                                                                   self._max_frames), 0)}
+            info["_episode"] = game_over
+            self._returns[game_over] = 0.0
+        self._lives = lives
+        self._frames = frames
+        return obs, reward.astype(np.float32), terminated, truncated, info
+
+
+class GameEpisodeStatistics(VectorWrapper):
+    """Lift the per-env ``RecordEpisodeStatistics`` results of a SAME_STEP ``SyncVectorEnv`` to the top."""
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(np.asarray(actions))
+        final = info.get("final_info")
+        if final and "episode" in final:
+            info = {k: v for k, v in info.items() if k not in ("final_info", "_final_info")}
+            mask = final["_episode"]
+            info["episode"] = {"r": np.where(mask, final["episode"]["r"], 0.0),
+                               "l": np.where(mask, final["episode"]["l"], 0)}
+            info["_episode"] = mask
+        return obs, np.asarray(reward, dtype=np.float32), terminated, truncated, info
+
+
+# ----------------------------------------------------------------------------------------------------
+# Saving and restoring the environments' state, so that a resumed run continues the very same games.
+# Only the gymnasium backend exposes what is needed (ALE's cloneState with its RNG, and the wrappers'
+# Python state); ale-py's native vector env has no state API, so a resumed native run starts new games.
+# ALE's state does not hold the last action that sticky actions repeat, so with sticky actions a resumed
+# game is the same game but may take a different course.
+
+def supports_state(env: VectorEnv) -> bool:
+    """Whether :func:`get_env_state` can capture this env exactly."""
+    return isinstance(env, GameEpisodeStatistics)
+
+
+def get_env_state(env: VectorEnv) -> list[dict[str, Any]] | None:
+    """Everything that determines the future of each sub-env (None where the backend cannot tell)."""
+    if not supports_state(env):
+        return None
+    states = []
+    for sub in env.env.envs:
+        state: dict[str, Any] = {"ale": bytes(sub.unwrapped.ale.cloneState(include_rng=True).__getstate__()),
+                                 "np_random": sub.unwrapped.np_random.bit_generator.state}
+        for wrapper in _wrappers(sub):
+            name = type(wrapper).__name__
+            if name == "FrameStackObservation":
+                state["frames"] = [np.array(f) for f in wrapper.obs_queue]
+            elif name == "RecordEpisodeStatistics":
+                state["episode"] = (float(wrapper.episode_returns), int(wrapper.episode_lengths))
+            elif name == "EpisodicLifeEnv":
+                state["life"] = (int(wrapper.lives), bool(wrapper.was_real_done))
+        states.append(state)
+    return states
+
+
+def set_env_state(env: VectorEnv, states: list[dict[str, Any]]) -> None:
+    """Restore what :func:`get_env_state` captured into a freshly built env of the same game and size."""
+    subs = env.env.envs
+    require(len(subs) == len(states), f"the saved environments are {len(states)}, this run has {len(subs)}: "
+                                      f"use the same --num-envs to resume")
+    for sub, state in zip(subs, states):
+        ale_state = ale_py.ALEState.__new__(ale_py.ALEState)
+        ale_state.__setstate__(state["ale"])
+        sub.unwrapped.ale.restoreState(ale_state)
+        sub.unwrapped.np_random.bit_generator.state = state["np_random"]
+        for wrapper in _wrappers(sub):
+            name = type(wrapper).__name__
+            if name == "FrameStackObservation":
+                wrapper.obs_queue.clear()
+                wrapper.obs_queue.extend(np.array(f) for f in state["frames"])
+            elif name == "RecordEpisodeStatistics":
+                wrapper.episode_returns, wrapper.episode_lengths = state["episode"]
+            elif name == "EpisodicLifeEnv":
+                wrapper.lives, wrapper.was_real_done = state["life"]
+
+
+def _wrappers(env: gym.Env):
+    while isinstance(env, gym.Wrapper):
+        yield env
+        env = env.env
