@@ -1,0 +1,715 @@
+"""Evaluate saved policies on full Atari games: ``lot-rl eval`` and ``lot-rl compare``.
+
+Evaluation plays *full games*: all lives, unclipped rewards, no reset on life loss, up to 30 no-op starts,
+and the standard cap of 108,000 emulator frames (30 minutes) per game; a game stopped by the cap counts
+with the score it reached (and is marked ``truncated``). Returns are summarised as rliable recommends
+(:mod:`lot_rl.stats`): mean, std, median, and the interquartile mean (IQM) with a 95% bootstrap interval.
+
+Games run in parallel (``num_envs``), with batched inference. To count exactly ``episodes`` games without
+favouring short ones, each env plays a fixed share of them (``episodes // num_envs``, one more for the first
+``episodes % num_envs``), and games an env plays beyond its share are not counted. Counting "the first N
+games to finish" instead would over-represent short (usually bad) games. With the same seed, checkpoint
+and settings, an evaluation gives the same returns.
+
+Generalization flavours (LoT's claim is a teacher that generalizes better): sticky actions (``sticky=0.25``,
+the ALE v5 protocol of Machado et al., 2018), the game's modes and difficulties (``mode``/``difficulty``,
+validated against the ROM), and a sweep over every mode x difficulty (:func:`evaluate_flavours`).
+
+Python use::
+
+    from lot_rl.evaluation import evaluate_policy
+    result = evaluate_policy("runs/my-run", policy="teacher", episodes=30)
+    print(result.summary.iqm, result.returns)
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from lot_rl import stats
+from lot_rl.checkpoint import load_checkpoint
+from lot_rl.errors import LoTUserError, require
+from lot_rl.runlog import progress_bar
+
+CHECKPOINT_KIND = "atari-ppo-lot"  # the kind written by lot_rl.agents.ppo_lot_atari
+EVAL_FORMAT = "lot_rl-eval"
+EVAL_VERSION = 1
+MAX_EPISODE_FRAMES = 108_000
+VIDEO_FPS = 15  # one frame per agent step: 60 Hz emulator / frame-skip 4
+# Settings that must agree for two evaluations to be compared.
+COMPARABLE_SETTINGS = ("game", "greedy", "sticky", "mode", "difficulty", "max_frames", "full_action_space")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass
+class EvalResult:
+    """Every counted game of one policy on one game flavour, with the settings that produced them."""
+
+    policy: str
+    returns: list[float]
+    lengths: list[int]  # emulator frames (agent steps x 4), as CleanRL and SB3's Monitor report
+    truncated: list[bool]  # stopped by the frame cap rather than by the game ending
+    settings: dict[str, Any]
+    videos: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> stats.Summary:
+        return stats.summarize(self.returns)
+
+    @property
+    def mean_length(self) -> float:
+        return float(np.mean(self.lengths))
+
+    @property
+    def flavour(self) -> str:
+        return flavour_name(self.settings.get("mode"), self.settings.get("difficulty"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy, "mode": self.settings.get("mode"),
+                "difficulty": self.settings.get("difficulty"), "flavour": self.flavour,
+                "summary": {**self.summary.to_dict(), "mean_length": self.mean_length,
+                            "truncated": int(sum(self.truncated))},
+                "episodes": [{"return": r, "length": l, "truncated": t}
+                             for r, l, t in zip(self.returns, self.lengths, self.truncated)],
+                "videos": self.videos}
+
+
+@dataclass
+class EvalReport:
+    """The results of one checkpoint (one per policy, and per flavour in a sweep) and where they came from."""
+
+    checkpoint: str
+    env_id: str
+    global_step: int | None
+    update: int | None
+    config: dict[str, Any]
+    settings: dict[str, Any]
+    results: list[EvalResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": EVAL_FORMAT, "version": EVAL_VERSION, "checkpoint": self.checkpoint,
+                "env_id": self.env_id, "global_step": self.global_step, "update": self.update,
+                "config": self.config, "settings": self.settings,
+                "results": [r.to_dict() for r in self.results]}
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        try:
+            path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        except OSError as exc:
+            raise LoTUserError(f"--json: cannot write {path}: {exc.strerror}") from exc
+        return path
+
+    def result(self, policy: str = "teacher", mode: int | None = None,
+               difficulty: int | None = None) -> EvalResult:
+        for r in self.results:
+            if r.policy == policy and r.settings.get("mode") == mode and r.settings.get("difficulty") == difficulty:
+                return r
+        have = sorted({r.policy for r in self.results})
+        raise LoTUserError(f"evaluation of {self.checkpoint} has no results for policy {policy!r} on flavour "
+                           f"{flavour_name(mode, difficulty)}; it has policies {', '.join(have)}")
+
+
+def flavour_name(mode: int | None, difficulty: int | None) -> str:
+    """``default``, ``mode 4``, ``mode 4, difficulty 1``."""
+    if mode is None and difficulty is None:
+        return "default"
+    parts = ([f"mode {mode}"] if mode is not None else []) + ([f"difficulty {difficulty}"] if difficulty is not None else [])
+    return ", ".join(parts)
+
+
+def read_eval_json(path: str | os.PathLike) -> EvalReport:
+    """Read what ``lot-rl eval --json`` wrote."""
+    path = Path(path)
+    if not path.is_file():
+        raise LoTUserError(f"no evaluation file at {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LoTUserError(f"{path} is not valid JSON ({exc.__class__.__name__})") from exc
+    if not isinstance(data, dict) or data.get("format") != EVAL_FORMAT:
+        raise LoTUserError(f"{path} is not a lot-rl eval --json file")
+    require(data.get("version", 0) <= EVAL_VERSION, f"{path} has eval format version {data.get('version')}; "
+                                                    f"this lot_rl reads up to {EVAL_VERSION}: upgrade lot_rl")
+    results = []
+    for r in data["results"]:
+        settings = {**data["settings"], "mode": r.get("mode"), "difficulty": r.get("difficulty")}
+        eps = r["episodes"]
+        results.append(EvalResult(policy=r["policy"], returns=[float(e["return"]) for e in eps],
+                                  lengths=[int(e["length"]) for e in eps], truncated=[bool(e["truncated"]) for e in eps],
+                                  settings=settings, videos=list(r.get("videos", []))))
+    return EvalReport(checkpoint=data["checkpoint"], env_id=data["env_id"], global_step=data.get("global_step"),
+                      update=data.get("update"), config=data.get("config", {}), settings=data["settings"],
+                      results=results)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Policies from a checkpoint
+
+
+def load(checkpoint: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of ``lot-rl train`` (run folder or file), or one already loaded."""
+    if isinstance(checkpoint, dict):
+        return checkpoint
+    return load_checkpoint(checkpoint, kind=CHECKPOINT_KIND)
+
+
+def policy_names(checkpoint: dict[str, Any]) -> list[str]:
+    """``["teacher", "student:0", ...]`` for the networks saved in a checkpoint."""
+    students = checkpoint.get("students") or {}
+    return ["teacher"] + [f"student:{i}" for i in range(len(students.get("networks", [])))]
+
+
+def resolve_policies(checkpoint: dict[str, Any], policy: str | Sequence[str]) -> list[str]:
+    """Expand ``all`` and comma lists; reject names the checkpoint does not hold."""
+    available = policy_names(checkpoint)
+    requested = policy.split(",") if isinstance(policy, str) else list(policy)
+    names: list[str] = []
+    for name in (n.strip() for n in requested):
+        if name == "all":
+            names += [n for n in available if n not in names]
+            continue
+        if name not in available:
+            raise LoTUserError(f"unknown --policy {name!r}; {checkpoint.get('path', 'the checkpoint')} holds "
+                               f"{', '.join(available)} (or all)")
+        if name not in names:
+            names.append(name)
+    require(bool(names), "--policy is empty; give teacher, student:N or all")
+    return names
+
+
+def load_policy(checkpoint: dict[str, Any], name: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from uint8 observations (B, 4, 84, 84) to policy logits, for the named network."""
+    from lot_rl.agents.ppo_lot_atari import Agent, StudentPolicy
+
+    resolve_policies(checkpoint, name)
+    num_actions = int(checkpoint["num_actions"])
+    if name == "teacher":
+        net: torch.nn.Module = Agent(num_actions)
+        state = checkpoint["agent"]
+    else:
+        index = int(name.split(":")[1])
+        net = StudentPolicy(num_actions, checkpoint["config"].get("student_arch", "nature"))
+        state = checkpoint["students"]["networks"][index]
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise LoTUserError(f"the {name} network in {checkpoint.get('path')} does not match lot_rl's "
+                           f"architecture ({str(exc).splitlines()[0]})") from exc
+    net.to(device).eval()
+    return net.policy_logits if name == "teacher" else net
+
+
+# ----------------------------------------------------------------------------------------------------
+# Playing games
+
+
+def episode_shares(episodes: int, num_envs: int) -> list[int]:
+    """How many games each env plays: a fixed share, so short games are not favoured."""
+    envs = min(num_envs, episodes)
+    return [episodes // envs + (1 if i < episodes % envs else 0) for i in range(envs)]
+
+
+def _check_writable_dir(path: str | os.PathLike, option: str) -> Path:
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".lot-rl-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise LoTUserError(f"{option}: cannot write to folder {path}: {exc.strerror}") from exc
+    return path
+
+
+def check_writable_file(path: str | os.PathLike, option: str) -> Path:
+    """Fail before a long evaluation if an output file cannot be written."""
+    path = Path(path)
+    require(not path.is_dir(), f"{option}: {path} is a folder; give a file name")
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise LoTUserError(f"{option}: cannot write {path}: {exc.strerror}") from exc
+    if not existed:
+        path.unlink()
+    return path
+
+
+class _VideoRecorder:
+    """Full-resolution RGB frames of chosen (env, game) pairs to MP4 files, one file per game."""
+
+    def __init__(self, env, folder: Path, wanted: dict[tuple[int, int], str]):
+        self.env, self.folder, self.wanted = env, folder, wanted
+        self.writers: dict[int, Any] = {}
+        self.paths: list[str] = []
+        self._envs = env.unwrapped.envs  # the gymnasium backend's SyncVectorEnv
+
+    def start(self, env_index: int, game_index: int) -> None:
+        import cv2
+
+        name = self.wanted.get((env_index, game_index))
+        if name is None:
+            return
+        frame = self._envs[env_index].render()
+        path = self.folder / name
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS,
+                                 (frame.shape[1], frame.shape[0]))
+        if not writer.isOpened():
+            raise LoTUserError(f"--video: cannot write {path} (no MP4 encoder in this OpenCV build?)")
+        self.writers[env_index] = writer
+        self.paths.append(str(path))
+        self._write(env_index, frame)
+
+    def _write(self, env_index: int, frame: np.ndarray) -> None:
+        self.writers[env_index].write(np.ascontiguousarray(frame[:, :, ::-1]))  # OpenCV wants BGR
+
+    def step(self, finished: np.ndarray, games_done: np.ndarray) -> None:
+        """After a vector step: close the videos of finished games, open the next, record the frames."""
+        for i in list(self.writers):
+            if finished[i]:
+                self.writers.pop(i).release()
+            else:
+                self._write(i, self._envs[i].render())
+        for i in np.flatnonzero(finished):
+            if i not in self.writers:
+                self.start(int(i), int(games_done[i]))  # the env already shows the next game's first frame
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.release()
+        self.writers.clear()
+
+
+def _video_slug(policy: str, mode: int | None, difficulty: int | None) -> str:
+    parts = [policy.replace(":", "-")]
+    if mode is not None:
+        parts.append(f"mode{mode}")
+    if difficulty is not None:
+        parts.append(f"difficulty{difficulty}")
+    return "-".join(parts)
+
+
+def play_games(env, logits_fn: Callable[[torch.Tensor], torch.Tensor], episodes: int, *, greedy: bool = True,
+               seed: int = 0, device: torch.device | str = "cpu", recorder: _VideoRecorder | None = None,
+               desc: str = "") -> tuple[list[float], list[int], list[bool]]:
+    """Play until each env has finished its share of games; (returns, lengths, truncated), env-major order.
+
+    Game ``k`` of the result is the ``j``-th game of env ``i`` in env order (env 0's games first), which
+    does not depend on which env happens to finish first.
+    """
+    device = torch.device(device)
+    shares = episode_shares(episodes, env.num_envs)
+    require(len(shares) == env.num_envs, "play_games: build the env with min(num_envs, episodes) envs")
+    done = np.zeros(env.num_envs, dtype=np.int64)
+    games: list[list[tuple[float, int, bool]]] = [[] for _ in shares]
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    max_frames = getattr(env, "max_episode_frames", None)
+    obs, _ = env.reset(seed=seed)
+    if recorder is not None:
+        for i in range(env.num_envs):
+            recorder.start(i, 0)
+    bar = progress_bar(episodes, desc=desc, unit="game")
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and env.num_envs <= 32:
+        # A batch of a few frames gains nothing from intra-op threads, and their spinning between calls
+        # slows the emulator threads (measured: 2 ms per batch with one thread, far more with two on a
+        # busy 2-core machine).
+        torch.set_num_threads(1)
+    try:
+        while (done < shares).any():
+            with torch.inference_mode():
+                logits = logits_fn(torch.as_tensor(obs, device=device)).float()
+                if greedy:
+                    actions = logits.argmax(dim=-1)
+                else:
+                    actions = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator).squeeze(-1)
+            obs, _, terminated, truncated, info = env.step(actions.cpu().numpy())
+            finished = np.asarray(info.get("_episode", np.zeros(env.num_envs, bool)), dtype=bool)
+            for i in np.flatnonzero(finished):
+                if done[i] < shares[i]:
+                    length = int(info["episode"]["l"][i])
+                    cut = bool(truncated[i]) or (max_frames is not None and length >= max_frames)
+                    games[i].append((float(info["episode"]["r"][i]), length, cut))
+                    bar.update(1)
+                done[i] += 1
+            if recorder is not None:
+                recorder.step(finished, done)
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+        if recorder is not None:
+            recorder.close()
+    flat = [g for env_games in games for g in env_games]
+    return [g[0] for g in flat], [g[1] for g in flat], [g[2] for g in flat]
+
+
+@dataclass
+class EvalSettings:
+    """How to evaluate; ``None`` values are resolved from the checkpoint (see :func:`resolve_settings`)."""
+
+    episodes: int = 30
+    greedy: bool = True
+    seed: int = 0
+    num_envs: int = 8
+    sticky: float | None = None
+    mode: int | None = None
+    difficulty: int | None = None
+    max_frames: int = MAX_EPISODE_FRAMES
+    env_id: str | None = None
+    backend: str | None = None  # None: the fast native ALE env, unless flavours or videos need gymnasium
+    device: str = "auto"
+
+
+def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict[str, Any]:
+    """Validate ``settings`` against the checkpoint and fill in its game, actions and sticky actions."""
+    from lot_rl.envs.atari import BACKENDS, parse_env_id, validate_flavour
+
+    config = checkpoint.get("config", {})
+    trained_id = config.get("env_id")
+    require(trained_id is not None, f"checkpoint {checkpoint.get('path')} does not say which game it was trained on")
+    env_id = settings.env_id or trained_id
+    trained, game = parse_env_id(trained_id), parse_env_id(env_id)
+    require(game.rom == trained.rom, f"--env-id {env_id}: checkpoint {checkpoint.get('path')} was trained on "
+                                     f"{trained.name} ({trained_id}), not {game.name}")
+    require(settings.episodes >= 1, f"--episodes must be >= 1, got {settings.episodes}")
+    require(settings.num_envs >= 1, f"--num-envs must be >= 1, got {settings.num_envs}")
+    require(settings.max_frames >= 4, f"--max-frames must be >= 4, got {settings.max_frames}")
+    require(settings.backend in (None, *BACKENDS),
+            f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}")
+    sticky = settings.sticky
+    if sticky is None:
+        sticky = config.get("repeat_action_probability") if settings.env_id is None else None
+    if sticky is None:
+        sticky = game.default_sticky
+    require(0.0 <= sticky < 1.0, f"--sticky must be in [0, 1), got {sticky}")
+    validate_flavour(game, settings.mode, settings.difficulty)
+    return {"env_id": env_id, "game": game.name, "episodes": settings.episodes, "greedy": settings.greedy,
+            "seed": settings.seed, "num_envs": min(settings.num_envs, settings.episodes), "sticky": float(sticky),
+            "mode": settings.mode, "difficulty": settings.difficulty, "max_frames": settings.max_frames,
+            "full_action_space": bool(config.get("full_action_space", False)), "full_games": True,
+            "backend": settings.backend, "device": settings.device}
+
+
+def _device(name: str) -> torch.device:
+    from lot_rl.agents.ppo_lot_atari import resolve_device
+
+    return resolve_device(name)
+
+
+def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, Any], video_dir: Path | None,
+                  video_episodes: int) -> EvalResult:
+    from lot_rl.envs.atari import make_atari_env
+
+    device = _device(resolved["device"])
+    logits_fn = load_policy(checkpoint, policy, device)
+    record = video_dir is not None and video_episodes > 0
+    backend = resolved["backend"] or ("gymnasium" if record else "ale")
+    env = make_atari_env(resolved["env_id"], resolved["num_envs"], resolved["seed"], backend=backend,
+                         episodic_life=False, repeat_action_probability=resolved["sticky"],
+                         full_action_space=resolved["full_action_space"], mode=resolved["mode"],
+                         difficulty=resolved["difficulty"], render=record, max_episode_frames=resolved["max_frames"])
+    try:
+        actions = int(env.single_action_space.n)
+        require(actions == int(checkpoint["num_actions"]),
+                f"checkpoint {checkpoint.get('path')} has {checkpoint['num_actions']} actions but "
+                f"{resolved['env_id']} has {actions} here (full_action_space differs?)")
+        env.max_episode_frames = resolved["max_frames"]
+        recorder = None
+        if record:
+            shares = episode_shares(resolved["episodes"], resolved["num_envs"])
+            slug = _video_slug(policy, resolved["mode"], resolved["difficulty"])
+            order = [(i, j) for i, share in enumerate(shares) for j in range(share)]  # env-major game index
+            wanted = {pair: f"{slug}-episode{k:03d}.mp4" for k, pair in enumerate(order[:video_episodes])}
+            recorder = _VideoRecorder(env, video_dir, wanted)
+        returns, lengths, truncated = play_games(
+            env, logits_fn, resolved["episodes"], greedy=resolved["greedy"], seed=resolved["seed"], device=device,
+            recorder=recorder, desc=f"{policy} {flavour_name(resolved['mode'], resolved['difficulty'])}")
+    finally:
+        env.close()
+    used = {**resolved, "backend": backend}
+    return EvalResult(policy=policy, returns=returns, lengths=lengths, truncated=truncated, settings=used,
+                      videos=recorder.paths if record else [])
+
+
+def evaluate(checkpoint: str | os.PathLike | dict[str, Any], policy: str | Sequence[str] = "teacher",
+             settings: EvalSettings | None = None, *, flavours: bool = False,
+             video_dir: str | os.PathLike | None = None, video_episodes: int = 1) -> EvalReport:
+    """Evaluate one or more policies of a checkpoint (``policy``: teacher, student:N, all, or a list).
+
+    With ``flavours`` every mode x difficulty of the game is played too, after the default flavour (all on
+    the gymnasium backend, so that the rows differ only by flavour). ``video_dir`` records the first
+    ``video_episodes`` games of each policy (and flavour) as MP4.
+    """
+    settings = settings or EvalSettings()
+    ckpt = load(checkpoint)
+    names = resolve_policies(ckpt, policy)
+    resolved = resolve_settings(ckpt, settings)
+    require(video_episodes >= 0, f"--video-episodes must be >= 0, got {video_episodes}")
+    folder = _check_writable_dir(video_dir, "--video") if video_dir is not None else None
+    if flavours:
+        from lot_rl.envs.atari import game_flavours
+
+        require(settings.mode is None and settings.difficulty is None,
+                "--flavours all already sweeps every mode and difficulty; drop --mode/--difficulty")
+        modes, difficulties = game_flavours(resolved["env_id"])
+        grid = [(None, None)] + list(itertools.product(modes, difficulties))
+        resolved["backend"] = resolved["backend"] or "gymnasium"
+    else:
+        grid = [(settings.mode, settings.difficulty)]
+    results = [_evaluate_one(ckpt, name, {**resolved, "mode": mode, "difficulty": difficulty}, folder, video_episodes)
+               for name in names for mode, difficulty in grid]
+    report_settings = {k: v for k, v in resolved.items() if k not in ("mode", "difficulty")}
+    report_settings.update(mode=settings.mode, difficulty=settings.difficulty, flavours="all" if flavours else None,
+                           backend=results[0].settings["backend"], policies=names)
+    return EvalReport(checkpoint=str(ckpt.get("path", "")), env_id=resolved["env_id"],
+                      global_step=ckpt.get("global_step"), update=ckpt.get("update"),
+                      config=ckpt.get("config", {}), settings=report_settings, results=results)
+
+
+def evaluate_policy(checkpoint: str | os.PathLike | dict[str, Any], policy: str = "teacher", episodes: int = 30,
+                    greedy: bool = True, seed: int = 0, num_envs: int = 8, sticky: float | None = None,
+                    mode: int | None = None, difficulty: int | None = None,
+                    video_dir: str | os.PathLike | None = None, video_episodes: int = 1,
+                    max_frames: int = MAX_EPISODE_FRAMES, env_id: str | None = None, device: str = "auto",
+                    backend: str | None = None) -> EvalResult:
+    """Play ``episodes`` full games with one policy (``teacher`` or ``student:N``) of a checkpoint.
+
+    Args:
+        checkpoint: a run folder, a ``checkpoint.pt`` file, or a loaded checkpoint dict.
+        greedy: act by the argmax of the logits (default) or sample from the policy.
+        seed: seeds the games (and the sampling); the same seed gives the same returns.
+        sticky: probability of repeating the previous action (0.25: the ALE v5 protocol); None: as trained.
+        mode, difficulty: an ALE game flavour (must be one the game offers).
+        video_dir: record the first ``video_episodes`` games as MP4 there.
+        max_frames: emulator frames after which a game is cut (standard: 108,000).
+    Returns:
+        an :class:`EvalResult` (returns, lengths in frames, truncation flags, settings, video paths).
+    """
+    require(isinstance(policy, str) and policy != "all" and "," not in policy,
+            f"evaluate_policy evaluates one policy, got {policy!r}; use evaluate() for several")
+    settings = EvalSettings(episodes=episodes, greedy=greedy, seed=seed, num_envs=num_envs, sticky=sticky, mode=mode,
+                            difficulty=difficulty, max_frames=max_frames, env_id=env_id, backend=backend, device=device)
+    return evaluate(checkpoint, policy, settings, video_dir=video_dir, video_episodes=video_episodes).results[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tables
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}" if abs(x) < 1e6 else f"{x:.3g}"
+
+
+def _table(header: list[str], rows: list[list[str]], align_left: int = 1) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    def line(cells):
+        return "  ".join(str(c).ljust(w) if k < align_left else str(c).rjust(w) for k, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def describe_settings(settings: dict[str, Any], flavour: bool = True) -> str:
+    """One line: how the games were played."""
+    where = f"{flavour_name(settings.get('mode'), settings.get('difficulty'))} flavour, " if flavour else ""
+    return (f"full games, {'greedy' if settings['greedy'] else 'sampled'} actions, sticky {settings['sticky']:g}, "
+            f"{where}cap {settings['max_frames']:,} frames, seed {settings['seed']}")
+
+
+def format_report(report: EvalReport) -> str:
+    """The ``lot-rl eval`` table: one row per policy (and per flavour in a sweep)."""
+    step = f" at step {report.global_step:,}" if report.global_step is not None else ""
+    sweep = report.settings.get("flavours") == "all"
+    lines = [f"{report.settings['game']} ({report.env_id}), {report.checkpoint}{step}",
+             describe_settings(report.settings, flavour=not sweep)]
+    header = ["policy"] + (["flavour"] if sweep else []) + [
+        "episodes", "mean", "std", "median", "IQM [95% CI]", "min", "max", "mean length"] + (["IQM vs default"] if sweep else [])
+    rows = []
+    for r in report.results:
+        s = r.summary
+        row = [r.policy] + ([r.flavour] if sweep else []) + [
+            str(s.episodes), _fmt(s.mean), _fmt(s.std), _fmt(s.median),
+            f"{_fmt(s.iqm)} [{_fmt(s.iqm_low)}, {_fmt(s.iqm_high)}]", _fmt(s.min), _fmt(s.max),
+            f"{r.mean_length:,.0f}"]
+        if sweep:
+            base = report.result(r.policy).summary.iqm
+            row.append("-" if r.flavour == "default" else f"{s.iqm - base:+.1f}")
+        rows.append(row)
+    lines += ["", _table(header, rows, align_left=2 if sweep else 1)]
+    cut = sum(sum(r.truncated) for r in report.results)
+    if cut:
+        lines.append(f"({cut} game(s) reached the {report.settings['max_frames']:,}-frame cap and count with "
+                     f"the score reached)")
+    lines.append("lengths in emulator frames (agent steps x 4)")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# compare
+
+
+@dataclass
+class CompareEntry:
+    """One run in a comparison: its label and its evaluation result."""
+
+    label: str
+    source: str
+    result: EvalResult
+    game: str
+
+
+def _label_for(source: str) -> str:
+    path = Path(source)
+    if path.is_dir():
+        return path.resolve().name
+    if path.suffix == ".json":
+        return path.stem
+    return path.resolve().parent.name
+
+
+def compare_runs(sources: Sequence[str | os.PathLike], settings: EvalSettings | None = None, policy: str = "teacher",
+                 labels: Sequence[str] | None = None) -> list[CompareEntry]:
+    """Evaluate (or read saved ``eval --json`` files of) several runs with the same settings.
+
+    Each source is a run folder, a checkpoint file, or an evaluation JSON. Raises :class:`LoTUserError`
+    when they are of different games or were evaluated with settings that make them incomparable.
+    """
+    require(len(sources) >= 2, f"compare needs at least two runs, got {len(sources)}")
+    require(labels is None or len(labels) == len(sources),
+            f"--labels has {len(labels or [])} names for {len(sources)} runs")
+    require(policy != "all" and "," not in policy, "compare takes one --policy (teacher or student:N)")
+    settings = settings or EvalSettings()
+    entries = []
+    for k, source in enumerate(map(str, sources)):
+        if source.endswith(".json"):
+            report = read_eval_json(source)
+            result = report.result(policy, settings.mode, settings.difficulty)
+        else:
+            result = evaluate(source, policy, settings).results[0]
+        entries.append(CompareEntry(label=labels[k] if labels else _label_for(source), source=source, result=result,
+                                    game=result.settings["game"]))
+    first = entries[0]
+    for entry in entries[1:]:
+        for key in COMPARABLE_SETTINGS:
+            a, b = first.result.settings.get(key), entry.result.settings.get(key)
+            require(a == b, f"cannot compare {first.source} and {entry.source}: {key} is {a!r} in one and {b!r} in the "
+                            f"other (evaluate them with the same settings)")
+    return entries
+
+
+def format_comparison(entries: Sequence[CompareEntry]) -> str:
+    """Runs side by side, each later run against the first: P(improvement) and IQM difference with CIs."""
+    base = entries[0]
+    header = [""] + [e.label for e in entries]
+    summaries = [e.result.summary for e in entries]
+    comparisons = [None] + [stats.compare_returns(e.result.returns, base.result.returns) for e in entries[1:]]
+    rows = [
+        ["episodes"] + [str(s.episodes) for s in summaries],
+        ["mean"] + [_fmt(s.mean) for s in summaries],
+        ["std"] + [_fmt(s.std) for s in summaries],
+        ["median"] + [_fmt(s.median) for s in summaries],
+        ["IQM [95% CI]"] + [f"{_fmt(s.iqm)} [{_fmt(s.iqm_low)}, {_fmt(s.iqm_high)}]" for s in summaries],
+        ["min"] + [_fmt(s.min) for s in summaries],
+        ["max"] + [_fmt(s.max) for s in summaries],
+        ["mean length"] + [f"{e.result.mean_length:,.0f}" for e in entries],
+        [f"P(better than {base.label}) [CI]"] + ["-"] + [
+            f"{c.probability_of_improvement:.2f} [{c.poi_low:.2f}, {c.poi_high:.2f}]" for c in comparisons[1:]],
+        [f"IQM - IQM({base.label}) [CI]"] + ["-"] + [
+            f"{c.iqm_difference:+.1f} [{c.difference_low:+.1f}, {c.difference_high:+.1f}]" for c in comparisons[1:]],
+    ]
+    settings = base.result.settings
+    title = f"{base.game}, {base.result.policy}; {describe_settings(settings)}"
+    return title + "\n\n" + _table(header, rows) + "\n" + \
+        "P(better): chance that a game of the run beats a game of the first run (0.5: no difference)"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+
+def configure_parser(parser: argparse.ArgumentParser, command: str = "eval") -> None:
+    if command == "compare":
+        parser.description = ("Evaluate several runs with the same settings (or read their saved 'lot-rl eval "
+                              "--json' files) and compare them side by side: IQM with 95%% bootstrap intervals, "
+                              "probability of improvement over the first run, and IQM difference.")
+        parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders, checkpoint files or eval JSON files")
+        parser.add_argument("--labels", nargs="+", default=None, help="a name per run (default: folder names)")
+        parser.add_argument("--policy", default="teacher", help="teacher or student:N (default: teacher)")
+        parser.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the comparison")
+    else:
+        parser.description = ("Play full games (all lives, unclipped rewards, 108,000-frame cap) with the policies "
+                              "of a checkpoint and report mean, std, median and IQM with a 95%% bootstrap interval.")
+        parser.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder or checkpoint file")
+        parser.add_argument("--policy", default="teacher",
+                            help="teacher, student:N, all, or a comma list (default: teacher)")
+        parser.add_argument("--json", default=None, metavar="PATH",
+                            help="write every game's return and length, the checkpoint's step and config, and the "
+                                 "settings as JSON")
+        parser.add_argument("--flavours", choices=["all"], default=None,
+                            help="all: also play every mode x difficulty of the game, beside the default flavour")
+        parser.add_argument("--video", default=None, metavar="DIR", help="record the first games as MP4 in DIR")
+        parser.add_argument("--video-episodes", type=int, default=1, metavar="K",
+                            help="games recorded per policy (and flavour) with --video (default: 1)")
+    parser.add_argument("--episodes", type=int, default=30, help="games per policy (default: 30)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--greedy", dest="greedy", action="store_true", default=True,
+                        help="act by the argmax of the policy logits (default)")
+    action.add_argument("--sample", dest="greedy", action="store_false", help="sample actions from the policy")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the games and of sampling (default: 0)")
+    parser.add_argument("--num-envs", type=int, default=8, help="games played in parallel (default: 8)")
+    parser.add_argument("--sticky", type=float, default=None, metavar="P",
+                        help="sticky-action probability; 0.25 is the ALE v5 protocol (default: as trained)")
+    parser.add_argument("--mode", type=int, default=None, help="ALE game mode (default: the game's default)")
+    parser.add_argument("--difficulty", type=int, default=None, help="ALE game difficulty (default: the game's default)")
+    parser.add_argument("--max-frames", type=int, default=MAX_EPISODE_FRAMES,
+                        help=f"emulator frames after which a game is cut (default: {MAX_EPISODE_FRAMES:,})")
+    parser.add_argument("--env-id", default=None, help="Atari id (default: the checkpoint's; must be the same game)")
+    parser.add_argument("--backend", choices=["ale", "gymnasium"], default=None,
+                        help="env backend (default: ale, or gymnasium when flavours or videos need it)")
+    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default: auto)")
+
+
+def settings_from_args(ns: argparse.Namespace) -> EvalSettings:
+    return EvalSettings(episodes=ns.episodes, greedy=ns.greedy, seed=ns.seed, num_envs=ns.num_envs, sticky=ns.sticky,
+                        mode=ns.mode, difficulty=ns.difficulty, max_frames=ns.max_frames, env_id=ns.env_id,
+                        backend=ns.backend, device=ns.device)
+
+
+def run_command(ns: argparse.Namespace, command: str = "eval") -> int:
+    settings = settings_from_args(ns)
+    if command == "compare":
+        if ns.plot:
+            check_writable_file(ns.plot, "--plot")
+        entries = compare_runs(ns.runs, settings, policy=ns.policy, labels=ns.labels)
+        print(format_comparison(entries))
+        if ns.plot:
+            from lot_rl.plotting import plot_comparison
+
+            print(f"plot: {plot_comparison(entries, ns.plot)}")
+        return 0
+    if ns.json:
+        check_writable_file(ns.json, "--json")
+    report = evaluate(ns.run, ns.policy, settings, flavours=ns.flavours == "all", video_dir=ns.video,
+                      video_episodes=ns.video_episodes)
+    print(format_report(report))
+    if ns.json:
+        print(f"json: {report.write_json(ns.json)}")
+    videos = [v for r in report.results for v in r.videos]
+    if videos:
+        print(f"videos: {len(videos)} in {ns.video}")
+    return 0
