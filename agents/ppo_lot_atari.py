@@ -290,6 +290,39 @@ def ppo_loss(agent: Agent, obs: torch.Tensor, actions: torch.Tensor, old_logprob
     return loss, stats, logits
 
 
+def students_learn_on_ppo_batches(args: Args, students: Students) -> bool:
+    """Whether the students get gradients in the PPO phase (their imitation on the minibatch, or an
+    undetached penalty); if not, their logits there are computed without autograd."""
+    return len(students) > 0 and (args.student_on_ppo_batches or not args.detach)
+
+
+def lot_ppo_loss(agent: Agent, students: Students, obs, actions, old_logprobs, advantages, returns,
+                 old_values, args: Args, alpha: float, autocast=contextlib.nullcontext):
+    """One PPO minibatch's loss with LoT: the sum whose single backward updates teacher and students.
+
+    ``ppo_loss + alpha * sum_i lambda_i kl(teacher, student_i.detach(), T)`` (the teacher's part) plus,
+    with ``--student-on-ppo-batches``, ``sum_i kl(student_i, teacher.detach(), T)`` (the students' part,
+    which reaches only the students). Each network is then clipped and stepped with its own optimizer,
+    which equals separate updates. Returns (loss, stats) with ``teacher_kl``/``student_kl`` when present.
+    """
+    with autocast():
+        loss, stats, teacher_logits = ppo_loss(agent, obs, actions, old_logprobs, advantages, returns,
+                                               old_values, args)
+        with torch.set_grad_enabled(students_learn_on_ppo_batches(args, students)):
+            student_logits = students.logits(obs) if len(students) else []
+    if len(students):
+        # LoT: teacher loss += alpha * sum_i lambda_i kl(teacher, student_i.detach(), T)
+        penalty = students.penalty(teacher_logits, student_logits, detach=args.detach)
+        stats["teacher_kl"] = penalty.detach()
+        loss = loss + alpha * penalty
+        if args.student_on_ppo_batches:
+            # LoT: the students imitate the teacher on this minibatch too (the reference does)
+            imitation = students.imitation_loss(student_logits, teacher_logits)
+            stats["student_kl"] = imitation.detach() / len(students)
+            loss = loss + imitation
+    return loss, stats
+
+
 def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
     """Generalized advantage estimates and returns over a (num_steps, num_envs) rollout."""
     advantages = torch.zeros_like(rewards)
@@ -378,9 +411,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     students = make_students(args, num_actions, device, lr_factor(args))
     cache = ObservationCache(args.obs_num, args.cache_mode)
     lot_start_update = max(1, math.ceil(args.lot_start * args.num_updates))
-    # LoT: do the students get gradients in the PPO phase (their imitation on the minibatch, or an
-    # undetached penalty)? If not, their logits there are computed without autograd.
-    students_learn_here = len(students) > 0 and (args.student_on_ppo_batches or not args.detach)
+    students_learn_here = students_learn_on_ppo_batches(args, students)
 
     # Rollout storage (CleanRL), observations kept as uint8
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape,
@@ -474,21 +505,13 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 np.random.shuffle(b_inds)
                 for start in range(0, args.batch_size, args.minibatch_size):
                     mb = torch.as_tensor(b_inds[start:start + args.minibatch_size], device=device)
-                    with autocast():
-                        loss, stats, new_logits = ppo_loss(agent, b_obs[mb], b_actions[mb], b_logprobs[mb],
-                                                           b_advantages[mb], b_returns[mb], b_values[mb], args)
-                        with torch.set_grad_enabled(students_learn_here):
-                            student_logits = students.logits(b_obs[mb]) if len(students) else []
-                    if len(students):
-                        # LoT: teacher loss += alpha * sum_i lambda_i kl(teacher, student_i.detach(), T)
-                        penalty = students.penalty(new_logits, student_logits, detach=args.detach)
-                        teacher_kls.append(float(penalty.detach()))
-                        loss = loss + alpha_now * penalty
-                        if args.student_on_ppo_batches:
-                            # LoT: students imitate the teacher on this minibatch too (own optimizers)
-                            imitation = students.imitation_loss(student_logits, new_logits)
-                            ppo_student_kls.append(float(imitation.detach()) / len(students))
-                            loss = loss + imitation
+                    loss, stats = lot_ppo_loss(agent, students, b_obs[mb], b_actions[mb], b_logprobs[mb],
+                                               b_advantages[mb], b_returns[mb], b_values[mb], args, alpha_now,
+                                               autocast)
+                    if "teacher_kl" in stats:
+                        teacher_kls.append(float(stats["teacher_kl"]))
+                    if "student_kl" in stats:
+                        ppo_student_kls.append(float(stats["student_kl"]))
                     optimizer.zero_grad(set_to_none=True)
                     students.zero_grad()
                     loss.backward()

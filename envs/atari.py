@@ -34,6 +34,7 @@ from typing import Any
 import ale_py
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
 
 from lot_rl.errors import LoTUserError, require
@@ -268,7 +269,7 @@ def get_env_state(env: VectorEnv) -> list[dict[str, Any]] | None:
         for wrapper in _wrappers(sub):
             name = type(wrapper).__name__
             if name == "FrameStackObservation":
-                state["frames"] = [np.array(f) for f in wrapper.obs_queue]
+                state["frames"] = torch.from_numpy(np.stack(wrapper.obs_queue))  # tensors: safe to torch.load
             elif name == "RecordEpisodeStatistics":
                 state["episode"] = (float(wrapper.episode_returns), int(wrapper.episode_lengths))
             elif name == "EpisodicLifeEnv":
@@ -291,7 +292,7 @@ def set_env_state(env: VectorEnv, states: list[dict[str, Any]]) -> None:
             name = type(wrapper).__name__
             if name == "FrameStackObservation":
                 wrapper.obs_queue.clear()
-                wrapper.obs_queue.extend(np.array(f) for f in state["frames"])
+                wrapper.obs_queue.extend(np.asarray(state["frames"]))
             elif name == "RecordEpisodeStatistics":
                 wrapper.episode_returns, wrapper.episode_lengths = state["episode"]
             elif name == "EpisodicLifeEnv":

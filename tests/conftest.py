@@ -1,0 +1,22 @@
+import os
+
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing them when pytest runs alongside the ALE threads.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def tiny_args(tmp_path):
+    """Options for a real but tiny Atari run (2 envs x 32 steps per update)."""
+    from lot_rl.agents.ppo_lot_atari import Args
+
+    def make(**overrides):
+        values = dict(total_timesteps=256, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
+                      obs_num=2, student_steps_ratio=1, run_dir=str(tmp_path / "runs"), run_name="run",
+                      save_every=1, env_threads=1)
+        values.update(overrides)
+        return Args(**values)
+
+    return make

@@ -1,0 +1,233 @@
+"""The single-file agent: CleanRL's PPO loss, GAE, the LoT terms in the update, `lot-rl train`, resume."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lot_rl.agents import ppo_lot_atari as lot
+from lot_rl.checkpoint import load_checkpoint, save_checkpoint
+from lot_rl.cli import main
+from lot_rl.regularizer import kl
+
+
+def _batch(n=16, num_actions=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return dict(obs=torch.randint(0, 256, (n, 4, 84, 84), generator=g, dtype=torch.uint8),
+                actions=torch.randint(0, num_actions, (n,), generator=g),
+                old_logprobs=-torch.rand(n, generator=g) - 1.0,
+                advantages=torch.randn(n, generator=g), returns=torch.randn(n, generator=g),
+                old_values=torch.randn(n, generator=g))
+
+
+def _cleanrl_loss_by_hand(agent, b, clip=0.1, ent=0.01, vf=0.5):
+    """CleanRL's PPO loss written out independently (log-softmax gather, explicit entropy)."""
+    h = agent.network(b["obs"].float() / 255.0)
+    logits, value = agent.actor(h), agent.critic(h).view(-1)
+    logp_all = F.log_softmax(logits, -1)
+    logp = logp_all.gather(1, b["actions"].view(-1, 1)).view(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1).mean()
+    adv = b["advantages"]
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    ratio = torch.exp(logp - b["old_logprobs"])
+    pg = torch.mean(torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)))
+    v_clipped = b["old_values"] + (value - b["old_values"]).clamp(-clip, clip)
+    v = 0.5 * torch.mean(torch.maximum((value - b["returns"]) ** 2, (v_clipped - b["returns"]) ** 2))
+    return pg - ent * entropy + vf * v, logits
+
+
+def test_ppo_loss_matches_independent_cleanrl_computation():
+    torch.manual_seed(0)
+    agent, b, args = lot.Agent(4), _batch(), lot.Args()
+    ours, stats, _ = lot.ppo_loss(agent, b["obs"], b["actions"], b["old_logprobs"], b["advantages"],
+                                  b["returns"], b["old_values"], args)
+    ours_grads = torch.autograd.grad(ours, list(agent.parameters()))
+    expected, _ = _cleanrl_loss_by_hand(agent, b)
+    expected_grads = torch.autograd.grad(expected, list(agent.parameters()))
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
+    for g1, g2 in zip(ours_grads, expected_grads):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
+    assert 0.0 <= stats["clipfrac"].item() <= 1.0
+
+
+def test_gae_matches_naive_recursion():
+    rng = np.random.default_rng(0)
+    T, N, gamma, lam = 7, 3, 0.9, 0.8
+    rewards, values = rng.normal(size=(T, N)), rng.normal(size=(T, N))
+    dones = (rng.random((T, N)) < 0.3).astype(float)
+    next_value, next_done = rng.normal(size=N), np.array([0.0, 1.0, 0.0])
+    adv, ret = lot.compute_gae(*(torch.tensor(x) for x in (rewards, values, dones, next_value, next_done)),
+                               gamma, lam)
+    for n in range(N):  # per env: A_t = sum_k (gamma lam)^k delta_{t+k}, cut at episode ends
+        for t in range(T):
+            total, discount = 0.0, 1.0
+            for k in range(t, T):
+                nonterminal = 1 - (dones[k + 1, n] if k + 1 < T else next_done[n])
+                v_next = values[k + 1, n] if k + 1 < T else next_value[n]
+                total += discount * (rewards[k, n] + gamma * v_next * nonterminal - values[k, n])
+                discount *= gamma * lam * nonterminal
+            assert adv[t, n].item() == pytest.approx(total)
+    torch.testing.assert_close(ret, adv + torch.tensor(values))
+
+
+@pytest.mark.parametrize("num_students, weights", [(1, []), (2, [0.3, 0.7])])
+def test_lot_minibatch_gradients(num_students, weights):
+    """Teacher: grad(PPO + alpha * sum_i lambda_i kl(teacher, student_i)); students: grad of their own
+    imitation kl(student_i, teacher) only."""
+    torch.manual_seed(0)
+    args = lot.Args(alpha=0.5, num_students=num_students, student_weights=weights, temperature=1.5)
+    agent, b = lot.Agent(4), _batch()
+    students = lot.make_students(args, 4, torch.device("cpu"), lot.lr_factor(args))
+    loss, stats = lot.lot_ppo_loss(agent, students, b["obs"], b["actions"], b["old_logprobs"],
+                                   b["advantages"], b["returns"], b["old_values"], args, args.alpha)
+    loss.backward()
+
+    ppo, teacher_logits = _cleanrl_loss_by_hand(agent, b)
+    lambdas = weights or [1.0 / num_students] * num_students
+    student_logits = [s(b["obs"]) for s in students.networks]
+    teacher_total = ppo + args.alpha * sum(lam * kl(teacher_logits, s.detach(), 1.5)
+                                           for lam, s in zip(lambdas, student_logits))
+    for p, g in zip(agent.parameters(), torch.autograd.grad(teacher_total, list(agent.parameters()))):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+    for net, s in zip(students.networks, student_logits):
+        own = kl(s, teacher_logits.detach(), 1.5)
+        for p, g in zip(net.parameters(), torch.autograd.grad(own, list(net.parameters()))):
+            torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+    assert stats["teacher_kl"].item() == pytest.approx(
+        sum(lam * kl(teacher_logits, s, 1.5).item() for lam, s in zip(lambdas, student_logits)), rel=1e-5)
+
+
+def test_learning_rate_schedules():
+    cosine = lot.lr_factor(lot.Args(total_timesteps=1024 * 10))
+    assert cosine(0) == pytest.approx(1.0) and cosine(10) == pytest.approx(2.5e-6 / 2.5e-4)
+    assert cosine(5) == pytest.approx((1 + 2.5e-6 / 2.5e-4) / 2)
+    linear = lot.lr_factor(lot.Args(total_timesteps=1024 * 10, lr_schedule="linear"))
+    assert linear(0) == 1.0 and linear(5) == pytest.approx(0.5) and linear(10) == 0.0
+
+
+def test_student_phase_uses_targets_once_and_imitates(monkeypatch):
+    torch.manual_seed(0)
+    args = lot.Args(num_students=1, student_steps_ratio=3, num_minibatches=2, obs_num=2)
+    agent = lot.Agent(4)
+    students = lot.make_students(args, 4, torch.device("cpu"), lot.lr_factor(args))
+    cache = lot.ObservationCache(2)
+    cache.append(_batch(8)["obs"])
+    cache.append(_batch(8, seed=1)["obs"])
+    calls = []
+    original = lot.teacher_targets
+    monkeypatch.setattr(lot, "teacher_targets", lambda *a, **k: calls.append(1) or original(*a, **k))
+    losses = lot.student_phase(agent, students, cache, args, lot.autocast_for(torch.device("cpu"), "fp32"))
+    assert len(calls) == 2  # once per cached rollout, not per minibatch or pass
+    assert len(losses) == 3 * 2 * 2  # N passes x cached rollouts x minibatches
+
+
+def _read_tags(run_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir))
+    acc.Reload()
+    return set(acc.Tags()["scalars"])
+
+
+def test_train_command_end_to_end(tiny_args, tmp_path, capsys):
+    code = main(["train", "--total-timesteps", "512", "--num-envs", "2", "--num-steps", "64",
+                 "--num-minibatches", "2", "--update-epochs", "1", "--obs-num", "2", "--student-steps-ratio", "1",
+                 "--run-dir", str(tmp_path), "--run-name", "e2e", "--save-every", "2", "--precision", "bf16"])
+    assert code == 0
+    run_dir = tmp_path / "e2e"
+    tags = _read_tags(run_dir)
+    assert {"charts/SPS", "charts/learning_rate", "losses/policy_loss", "losses/value_loss", "losses/entropy",
+            "losses/approx_kl", "losses/clipfrac", "losses/explained_variance", "lot/teacher_kl",
+            "lot/student_kl", "lot/alpha"} <= tags
+    ckpt = load_checkpoint(run_dir, kind=lot.CHECKPOINT_KIND)
+    assert ckpt["update"] == 4 and ckpt["global_step"] == 512
+    agent = lot.Agent(ckpt["num_actions"])
+    agent.load_state_dict(ckpt["agent"])
+    assert ckpt["config"]["precision"] == "bf16" and (run_dir / "config.yaml").is_file()
+    assert len(ckpt["cache"]["entries"]) == 2 and ckpt["cache"]["entries"][0].shape == (128, 4, 84, 84)
+
+
+def test_teacher_only_run_has_no_student_cost(tiny_args, monkeypatch):
+    def forbidden(*a, **k):
+        raise AssertionError("no student work in teacher-only PPO")
+    monkeypatch.setattr(lot, "StudentPolicy", forbidden)
+    monkeypatch.setattr(lot, "student_phase", forbidden)
+    run_dir = lot.train(tiny_args(alpha=0.0, num_students=0, total_timesteps=128))
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt["students"]["networks"] == [] and ckpt["cache"]["entries"] == []
+
+
+def _params(run_dir):
+    ckpt = load_checkpoint(run_dir)
+    return ckpt, list(ckpt["agent"].values()) + [t for sd in ckpt["students"]["networks"] for t in sd.values()]
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_args):
+    straight = lot.train(tiny_args(env_backend="gymnasium", run_name="straight", total_timesteps=256))
+    args = tiny_args(env_backend="gymnasium", run_name="split", total_timesteps=256, save_every=100)
+    split = lot.train(args, max_updates=2)  # stops after update 2 with a checkpoint, as Ctrl-C does
+    assert load_checkpoint(split)["update"] == 2
+    lot.train(args, resume=split)
+    ckpt_a, a = _params(straight)
+    ckpt_b, b = _params(split)
+    assert ckpt_a["global_step"] == ckpt_b["global_step"] == 256
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert any(not torch.equal(x, y) for x, y in zip(a, _params_of_fresh_agent()))
+
+
+def _params_of_fresh_agent():
+    torch.manual_seed(123)
+    return list(lot.Agent(4).state_dict().values())
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--env-id", "Breakuot-v4"], "unknown Atari env id 'Breakuot-v4'; did you mean BreakoutNoFrameskip-v4"),
+    (["--alpha", "-1"], "--alpha must be >= 0"),
+    (["--num-envs", "0"], "--num-envs must be >= 1"),
+    (["--num-steps", "-5"], "--num-steps must be >= 1"),
+    (["--obs-num", "0"], "--obs-num must be >= 1"),
+    (["--num-students", "-1"], "--num-students must be >= 0"),
+    (["--num-minibatches", "3"], "--num-minibatches 3 does not divide the batch of 1024"),
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--num-students", "0"], "--alpha 0.5 needs at least one student"),
+    (["--student-weights", "1", "2"], "--student-weights has 2 values for 1 students"),
+    (["--lot-start", "2"], "--lot-start is a fraction"),
+    (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+])
+def test_bad_options_exit_2_with_one_line(argv, message, tmp_path, capsys):
+    assert main(["train", "--run-dir", str(tmp_path), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_unknown_preset_exits_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--preset", "fast"])
+    assert exc.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
+
+
+def test_bad_checkpoints_exit_2_and_stay_untouched(tiny_args, tmp_path, capsys):
+    run_dir = lot.train(tiny_args(total_timesteps=64, num_students=0, alpha=0.0))
+    original = (run_dir / "checkpoint.pt").read_bytes()
+    # a run folder that already holds a checkpoint is never overwritten by a new run
+    assert main(["train", "--run-dir", str(run_dir.parent), "--run-name", run_dir.name]) == 2
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    # another game / another action space
+    assert main(["train", "--resume", str(run_dir), "--env-id", "PongNoFrameskip-v4"]) == 2
+    assert "is from BreakoutNoFrameskip-v4, not PongNoFrameskip-v4" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run_dir), "--full-action-space"]) == 2
+    assert "has 4 actions, this env has 18" in capsys.readouterr().err
+    assert (run_dir / "checkpoint.pt").read_bytes() == original
+    # truncated checkpoint
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "checkpoint.pt").write_bytes(original[: len(original) // 2])
+    assert main(["train", "--resume", str(broken)]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+    assert (broken / "checkpoint.pt").read_bytes() == original[: len(original) // 2]
+    # a checkpoint of another kind
+    save_checkpoint(broken / "other.pt", "cv", {"config": {}})
+    assert main(["train", "--resume", str(broken / "other.pt")]) == 2
+    assert "is a 'cv' checkpoint" in capsys.readouterr().err

@@ -1,0 +1,151 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lot_rl.errors import LoTUserError
+from lot_rl.regularizer import ObservationCache, Students, kl, student_loss, teachability_kl
+
+
+def np_kl(p_logits, q_logits, T):
+    """T^2 * KL(softmax(q/T) || softmax(p/T)), batch mean, by hand."""
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+    p, q = softmax(p_logits / T), softmax(q_logits / T)
+    return T**2 * np.mean(np.sum(q * (np.log(q) - np.log(p)), -1))
+
+
+@pytest.mark.parametrize("T", [1.0, 1.5, 4.0])
+def test_kl_matches_hand_computation_and_kldivloss(T):
+    g = torch.Generator().manual_seed(0)
+    p, q = torch.randn(16, 6, generator=g), torch.randn(16, 6, generator=g)
+    expected = np_kl(p.double().numpy(), q.double().numpy(), T)
+    assert kl(p, q, T).item() == pytest.approx(expected, rel=1e-5)
+    torch_def = nn.KLDivLoss(reduction="batchmean", log_target=True)(
+        torch.log_softmax(p / T, -1), torch.log_softmax(q / T, -1)) * T**2
+    assert kl(p, q, T).item() == pytest.approx(torch_def.item(), rel=1e-6)
+    assert kl(p, p, T).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kl_flattens_sequence_logits():
+    p, q = torch.randn(3, 5, 7), torch.randn(3, 5, 7)
+    assert kl(p, q).item() == pytest.approx(kl(p.reshape(15, 7), q.reshape(15, 7)).item(), rel=1e-6)
+
+
+def test_teachability_gradient_reaches_teacher_only():
+    """teacher loss = task + alpha * kl(teacher, student.detach()): the teacher receives alpha * the KL
+    gradient; the student receives nothing from the teacher's loss."""
+    torch.manual_seed(0)
+    teacher_logits = torch.randn(8, 4, requires_grad=True)
+    student_logits = torch.randn(8, 4, requires_grad=True)
+    alpha, T = 0.5, 1.5
+    (alpha * teachability_kl(teacher_logits, [student_logits], T)).backward()
+    assert student_logits.grad is None
+    # Closed form: d/dp T^2 KL(softmax(q/T) || softmax(p/T)) = T * (softmax(p/T) - softmax(q/T)) / batch
+    expected = alpha * T * (torch.softmax(teacher_logits / T, -1) - torch.softmax(student_logits / T, -1)) / 8
+    torch.testing.assert_close(teacher_logits.grad, expected.detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_teachability_with_weights_sums_students():
+    t = torch.randn(5, 3)
+    s1, s2 = torch.randn(5, 3), torch.randn(5, 3)
+    got = teachability_kl(t, [s1, s2], 1.0, weights=[0.25, 2.0])
+    assert got.item() == pytest.approx(0.25 * kl(t, s1).item() + 2.0 * kl(t, s2).item(), rel=1e-6)
+    equal = teachability_kl(t, [s1, s2], 1.0)  # default: equal weights summing to 1
+    assert equal.item() == pytest.approx(0.5 * kl(t, s1).item() + 0.5 * kl(t, s2).item(), rel=1e-6)
+    with pytest.raises(LoTUserError, match="one per student"):
+        teachability_kl(t, [s1, s2], 1.0, weights=[1.0])
+
+
+def test_undetached_penalty_gives_students_gradient():
+    t = torch.randn(4, 3, requires_grad=True)
+    s = torch.randn(4, 3, requires_grad=True)
+    teachability_kl(t, [s], detach=False).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_student_loss_variants_against_hand_computation():
+    torch.manual_seed(1)
+    s, t = torch.randn(6, 5, requires_grad=True), torch.randn(6, 5)
+    y = torch.randint(0, 5, (6,))
+    T = 1.5
+    ce = nn.functional.cross_entropy(s, y).item()
+    fwd = np_kl(s.detach().double().numpy(), t.double().numpy(), T)
+    rev = np_kl(t.double().numpy(), s.detach().double().numpy(), T)
+    assert student_loss(s, t, T, "kl").item() == pytest.approx(fwd, rel=1e-5)
+    assert student_loss(s, t, T, "kl_ce", y, kl_weight=0.5).item() == pytest.approx(ce + 0.5 * fwd, rel=1e-5)
+    assert student_loss(s, t, T, "symmetric_kl").item() == pytest.approx(fwd + rev, rel=1e-5)
+    assert student_loss(s, t, T, "symmetric_kl_ce", y).item() == pytest.approx(ce + fwd + rev, rel=1e-5)
+    with pytest.raises(LoTUserError, match="unknown student loss"):
+        student_loss(s, t, T, "mse")
+
+
+def test_student_loss_gives_teacher_no_gradient():
+    s, t = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    student_loss(s, t, 1.0, "symmetric_kl").backward()
+    assert t.grad is None and s.grad.abs().sum() > 0
+
+
+def test_students_imitate_reduces_kl_and_keeps_separate_optimizers():
+    torch.manual_seed(0)
+    x = torch.randn(64, 10)
+    teacher = nn.Linear(10, 4)
+    with torch.no_grad():
+        target = teacher(x) * 3
+    students = Students([nn.Linear(10, 4), nn.Linear(10, 4)],
+                        make_optimizer=lambda p: torch.optim.Adam(p, lr=0.05), max_grad_norm=1.0)
+    assert len(students.optimizers) == 2 and students.optimizers[0] is not students.optimizers[1]
+    before = [kl(l, target).item() for l in students.logits(x)]
+    for _ in range(100):
+        students.imitate(x, target)
+    after = [kl(l, target).item() for l in students.logits(x)]
+    assert all(a < 0.2 * b for a, b in zip(after, before))
+
+
+def test_students_state_roundtrip():
+    make = lambda: Students([nn.Linear(3, 2)], make_optimizer=lambda p: torch.optim.Adam(p, lr=0.1))
+    a, b = make(), make()
+    a.imitate(torch.randn(4, 3), torch.randn(4, 2))
+    b.load_state_dict(a.state_dict())
+    for pa, pb in zip(a.networks.parameters(), b.networks.parameters()):
+        assert torch.equal(pa, pb)
+    with pytest.raises(LoTUserError, match="--num-students"):
+        Students([nn.Linear(3, 2)] * 2, make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1)).load_state_dict(a.state_dict())
+
+
+def test_cache_copies_keeps_distinct_last_rollouts():
+    cache = ObservationCache(3, "copies")
+    buffer = torch.zeros(4, 2, dtype=torch.uint8)
+    for i in range(5):
+        buffer.fill_(i)  # the rollout buffer is overwritten in place, as in training
+        cache.append(buffer)
+    assert len(cache) == 3
+    assert [int(e[0, 0]) for e in cache.entries()] == [2, 3, 4]
+
+
+def test_cache_reference_mode_aliases_latest_rollout():
+    cache = ObservationCache(10, "reference")
+    buffer = torch.zeros(4, 2)
+    for i in range(3):
+        buffer.fill_(i)
+        cache.append(buffer)
+    entries = cache.entries()
+    assert len(entries) == 3 and all(int(e[0, 0]) == 2 for e in entries)
+
+
+def test_cache_state_roundtrip_and_validation():
+    cache = ObservationCache(2)
+    for i in range(3):
+        cache.append(torch.full((2, 2), float(i)))
+    restored = ObservationCache(2)
+    restored.load_state_dict(cache.state_dict())
+    assert restored.seen == 3 and [e[0, 0].item() for e in restored.entries()] == [1.0, 2.0]
+    restored.append(torch.full((2, 2), 9.0))
+    assert [e[0, 0].item() for e in restored.entries()] == [2.0, 9.0]
+    with pytest.raises(LoTUserError, match="--obs-num"):
+        ObservationCache(0)
+    with pytest.raises(LoTUserError, match="--cache-mode"):
+        ObservationCache(2, "views")
