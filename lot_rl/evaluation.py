@@ -198,15 +198,17 @@ def load_policy(checkpoint: dict[str, Any], name: str, device: torch.device) -> 
 
     resolve_policies(checkpoint, name)
     num_actions = int(checkpoint["num_actions"])
-    if name == "teacher":
-        net: torch.nn.Module = Agent(num_actions)
-        state = checkpoint["agent"]
-    else:
-        index = int(name.split(":")[1])
-        net = StudentPolicy(num_actions, checkpoint["config"].get("student_arch", "nature"))
-        state = checkpoint["students"]["networks"][index]
+    # Built on the meta device (no weight initialisation to throw away), then given the saved tensors.
+    with torch.device("meta"):
+        if name == "teacher":
+            net: torch.nn.Module = Agent(num_actions)
+            state = checkpoint["agent"]
+        else:
+            index = int(name.split(":")[1])
+            net = StudentPolicy(num_actions, checkpoint["config"].get("student_arch", "nature"))
+            state = checkpoint["students"]["networks"][index]
     try:
-        net.load_state_dict(state)
+        net.load_state_dict(state, assign=True)
     except RuntimeError as exc:
         raise LoTUserError(f"the {name} network in {checkpoint.get('path')} does not match lot_rl's "
                            f"architecture ({str(exc).splitlines()[0]})") from exc
@@ -594,21 +596,27 @@ def compare_runs(sources: Sequence[str | os.PathLike], settings: EvalSettings | 
             f"--labels has {len(labels or [])} names for {len(sources)} runs")
     require(policy != "all" and "," not in policy, "compare takes one --policy (teacher or student:N)")
     settings = settings or EvalSettings()
-    entries = []
-    for k, source in enumerate(map(str, sources)):
+    # First read or check every source (cheap), so that a mismatch is reported before any game is played.
+    planned: list[tuple[str, dict[str, Any], EvalResult | dict[str, Any]]] = []
+    for source in map(str, sources):
         if source.endswith(".json"):
-            report = read_eval_json(source)
-            result = report.result(policy, settings.mode, settings.difficulty)
+            result = read_eval_json(source).result(policy, settings.mode, settings.difficulty)
+            planned.append((source, result.settings, result))
         else:
-            result = evaluate(source, policy, settings).results[0]
+            ckpt = load(source)
+            resolve_policies(ckpt, policy)
+            planned.append((source, resolve_settings(ckpt, settings), ckpt))
+    first_source, first_settings, _ = planned[0]
+    for source, used, _ in planned[1:]:
+        for key in COMPARABLE_SETTINGS:
+            a, b = first_settings.get(key), used.get(key)
+            require(a == b, f"cannot compare {first_source} and {source}: {key} is {a!r} in one and {b!r} in the "
+                            f"other (evaluate them with the same settings)")
+    entries = []
+    for k, (source, used, item) in enumerate(planned):
+        result = item if isinstance(item, EvalResult) else evaluate(item, policy, settings).results[0]
         entries.append(CompareEntry(label=labels[k] if labels else _label_for(source), source=source, result=result,
                                     game=result.settings["game"]))
-    first = entries[0]
-    for entry in entries[1:]:
-        for key in COMPARABLE_SETTINGS:
-            a, b = first.result.settings.get(key), entry.result.settings.get(key)
-            require(a == b, f"cannot compare {first.source} and {entry.source}: {key} is {a!r} in one and {b!r} in the "
-                            f"other (evaluate them with the same settings)")
     return entries
 
 

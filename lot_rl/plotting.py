@@ -1,0 +1,296 @@
+"""Learning curves from run folders (``lot-rl plot``) and the picture of a comparison (``lot-rl compare --plot``).
+
+``lot-rl plot RUN_DIR ... --out curves.png`` reads each run's ``metrics.jsonl`` and draws, per game, the
+episodic return against environment steps and, for LoT runs, the KL curves: the teacher's teachability
+penalty ``lot/teacher_kl`` (solid) and the students' imitation loss ``lot/student_kl`` (dashed). Each curve
+is smoothed by a moving average over ``--smooth`` logged points; runs with the same label (by default "PPO"
+or "LoT (alpha, N)" from their ``config.yaml``, or their ``--exp-name``) are averaged on a common step grid,
+with their spread across runs shaded.
+
+Figures are drawn on Matplotlib's Agg canvas directly (no pyplot, no global backend switch), so plotting
+works on headless machines and does not disturb a notebook's backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import yaml
+
+from lot_rl.errors import LoTUserError, require
+from lot_rl.runlog import read_metrics
+
+RETURN_TAG = "charts/episodic_return"
+KL_TAGS = {"lot/teacher_kl": ("teacher KL (teachability)", "-"), "lot/student_kl": ("student KL (imitation)", "--")}
+SPREADS = ("std", "sem", "minmax", "none")
+GRID_POINTS = 200
+DEFAULT_EXP_NAME = "ppo_lot"
+
+
+@dataclass
+class Run:
+    """A run folder's logged scalars and what it was."""
+
+    path: Path
+    label: str
+    game: str
+    rows: list[dict[str, Any]]
+
+    def series(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one tag, in step order."""
+        pairs = sorted((row["step"], row[tag]) for row in self.rows if tag in row)
+        if not pairs:
+            return np.empty(0), np.empty(0)
+        steps, values = zip(*pairs)
+        return np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
+
+
+def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run folder's ``config.yaml`` (empty if it has none)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def default_label(config: dict[str, Any], fallback: str) -> str:
+    """A user-chosen ``exp_name``; else "PPO" (teacher only) or "LoT (alpha a, N n)"; else ``fallback``."""
+    if not config:
+        return fallback
+    if config.get("exp_name") not in (None, DEFAULT_EXP_NAME):
+        return str(config["exp_name"])
+    if not config.get("alpha") or not config.get("num_students"):
+        return "PPO"
+    return f"LoT (alpha {config['alpha']:g}, N {config.get('student_steps_ratio')})"
+
+
+def load_runs(run_dirs: Sequence[str | os.PathLike], labels: Sequence[str] | None = None) -> list[Run]:
+    """Read the run folders (each must have a ``metrics.jsonl``)."""
+    require(len(run_dirs) >= 1, "give at least one run folder")
+    require(labels is None or len(labels) == len(run_dirs),
+            f"--labels has {len(labels or [])} names for {len(run_dirs)} runs (give one per run; equal names "
+            f"are averaged)")
+    runs = []
+    for k, run_dir in enumerate(run_dirs):
+        path = Path(run_dir)
+        require(path.is_dir(), f"run folder {path} does not exist")
+        rows = read_metrics(path)
+        config = read_config(path)
+        game = str(config.get("env_id", "")).replace("ALE/", "").split("NoFrameskip")[0].split("-v")[0] or "?"
+        runs.append(Run(path=path, label=labels[k] if labels else default_label(config, path.name), game=game,
+                        rows=rows))
+    return runs
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` points (fewer at the start); ``window`` 1 returns the input."""
+    require(window >= 1, f"--smooth must be >= 1, got {window}")
+    values = np.asarray(values, dtype=np.float64)
+    if window == 1 or values.size == 0:
+        return values
+    cumulative = np.concatenate([[0.0], np.cumsum(values)])
+    ends = np.arange(1, values.size + 1)
+    starts = np.maximum(ends - window, 0)
+    return (cumulative[ends] - cumulative[starts]) / (ends - starts)
+
+
+def aggregate(curves: Sequence[tuple[np.ndarray, np.ndarray]], spread: str = "std",
+              points: int = GRID_POINTS) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Mean and spread band of several (steps, values) curves on the steps all of them cover.
+
+    Returns (grid, mean, low, high), or None when no curve has two points.
+    """
+    require(spread in SPREADS, f"unknown --spread {spread!r}; choose one of {', '.join(SPREADS)}")
+    curves = [(x, y) for x, y in curves if x.size >= 2]
+    if not curves:
+        return None
+    start, end = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
+    if end <= start:  # the runs do not overlap: plot the longest alone
+        curves = [max(curves, key=lambda c: c[0][-1] - c[0][0])]
+        start, end = curves[0][0][0], curves[0][0][-1]
+    grid = np.linspace(start, end, points)
+    ys = np.stack([np.interp(grid, x, y) for x, y in curves])
+    mean = ys.mean(axis=0)
+    if spread == "none" or len(curves) == 1:
+        return grid, mean, mean, mean
+    if spread == "minmax":
+        return grid, mean, ys.min(axis=0), ys.max(axis=0)
+    width = ys.std(axis=0, ddof=1)
+    if spread == "sem":
+        width = width / np.sqrt(len(curves))
+    return grid, mean, mean - width, mean + width
+
+
+def _steps_formatter(value: float, _pos=None) -> str:
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:g}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure, out: str | os.PathLike, option: str) -> Path:
+    out = Path(out)
+    try:
+        figure.savefig(out, dpi=110)
+    except OSError as exc:
+        raise LoTUserError(f"{option}: cannot write {out}: {exc.strerror}") from exc
+    except ValueError as exc:  # unknown extension
+        raise LoTUserError(f"{option}: {exc}") from exc
+    return out
+
+
+def plot_learning_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike,
+                         labels: Sequence[str] | None = None, smooth: int = 20, spread: str = "std",
+                         kl: bool = True, metrics: Sequence[str] = (), title: str | None = None) -> Path:
+    """Draw learning curves of run folders into ``out`` (PNG, PDF or SVG by its extension).
+
+    One row per game; columns: episodic return, the LoT KL curves (if ``kl`` and any run logged them),
+    then each extra tag in ``metrics``. Runs with the same label are averaged (mean line, spread band).
+    """
+    from matplotlib.ticker import FuncFormatter
+
+    require(spread in SPREADS, f"unknown --spread {spread!r}; choose one of {', '.join(SPREADS)}")
+    moving_average(np.zeros(1), smooth)  # validates --smooth
+    runs = load_runs(run_dirs, labels)
+    require(any(run.series(RETURN_TAG)[0].size for run in runs),
+            f"no {RETURN_TAG} in {', '.join(str(r.path) for r in runs)}: no episode has finished yet")
+    for tag in metrics:
+        require(any(run.series(tag)[0].size for run in runs),
+                f"--metric {tag!r} is not logged by any of the runs")
+    has_kl = kl and any(run.series(tag)[0].size for run in runs for tag in KL_TAGS)
+    panels = [RETURN_TAG] + (["kl"] if has_kl else []) + list(metrics)
+    games = list(OrderedDict.fromkeys(run.game for run in runs))
+    group_labels = list(OrderedDict.fromkeys(run.label for run in runs))
+    colors = {label: f"C{k % 10}" for k, label in enumerate(group_labels)}
+
+    figure = _new_figure(5.0 * len(panels), 3.6 * len(games))
+    axes = np.atleast_2d(figure.subplots(len(games), len(panels), squeeze=False))
+    for row, game in enumerate(games):
+        game_runs = [run for run in runs if run.game == game]
+        for col, panel in enumerate(panels):
+            ax = axes[row, col]
+            tags = list(KL_TAGS) if panel == "kl" else [panel]
+            for label in group_labels:
+                members = [run for run in game_runs if run.label == label]
+                if not members:
+                    continue
+                for tag in tags:
+                    curves = [run.series(tag) for run in members]
+                    curves = [(x, moving_average(y, smooth)) for x, y in curves]
+                    agg = aggregate(curves, spread)
+                    if agg is None:
+                        continue
+                    grid, mean, low, high = agg
+                    style = KL_TAGS[tag][1] if panel == "kl" else "-"
+                    n = sum(x.size >= 2 for x, _ in curves)
+                    name = f"{label} (n={n})" + (f", {KL_TAGS[tag][0].split(' (')[0]}" if panel == "kl" else "")
+                    ax.plot(grid, mean, style, color=colors[label], label=name, linewidth=1.6)
+                    if n > 1 and spread != "none":
+                        ax.fill_between(grid, low, high, color=colors[label], alpha=0.2, linewidth=0)
+            ax.set_title(f"{game}: " + ("episodic return" if panel == RETURN_TAG else
+                                        "LoT KL" if panel == "kl" else panel))
+            ax.set_xlabel("environment steps")
+            ax.set_ylabel({RETURN_TAG: "return (full game)", "kl": "KL"}.get(panel, panel))
+            ax.xaxis.set_major_formatter(FuncFormatter(_steps_formatter))
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+    spread_text = {"std": "mean +- std across runs", "sem": "mean +- standard error", "minmax": "mean, min-max",
+                   "none": "mean across runs"}[spread]
+    figure.suptitle(title or f"smoothed over {smooth} logged points; {spread_text}", fontsize=10)
+    return _save(figure, out, "--out")
+
+
+def _horizontal() -> dict[str, Any]:
+    """Horizontal boxplots across Matplotlib versions (``vert`` is deprecated from 3.10 on)."""
+    import matplotlib
+
+    major, minor = (int(p) for p in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
+
+
+def plot_comparison(entries: Sequence[Any], out: str | os.PathLike) -> Path:
+    """The picture of ``lot-rl compare``: IQM with its 95% interval per run, and every game's return.
+
+    ``entries`` are :class:`lot_rl.evaluation.CompareEntry` objects (``label`` and ``result``).
+    """
+    from lot_rl.stats import summarize
+
+    figure = _new_figure(10.0, 1.2 + 0.55 * len(entries))
+    left, right = figure.subplots(1, 2, sharey=True)
+    labels = [e.label for e in entries]
+    positions = np.arange(len(entries))[::-1]
+    rng = np.random.default_rng(0)
+    for k, (entry, y) in enumerate(zip(entries, positions)):
+        s = summarize(entry.result.returns)
+        color = f"C{k % 10}"
+        left.errorbar([s.iqm], [y], xerr=[[s.iqm - s.iqm_low], [s.iqm_high - s.iqm]], fmt="o", color=color,
+                      capsize=4, label="IQM, 95% CI" if k == 0 else None)
+        left.plot([s.mean], [y], "x", color="black", label="mean" if k == 0 else None)
+        returns = np.asarray(entry.result.returns)
+        right.boxplot([returns], positions=[y], widths=0.5, showfliers=False, medianprops={"color": color},
+                      **_horizontal())
+        right.plot(returns, y + rng.uniform(-0.18, 0.18, returns.size), ".", color=color, alpha=0.6)
+    left.set_yticks(positions, labels)
+    left.set_xlabel("return")
+    left.set_title("IQM with 95% bootstrap interval")
+    left.legend(fontsize=8)
+    right.set_xlabel("return per game")
+    right.set_title("every game")
+    for ax in (left, right):
+        ax.grid(axis="x", alpha=0.3)
+    first = entries[0].result
+    figure.suptitle(f"{entries[0].game}, {first.policy}, {len(first.returns)} games each", fontsize=10)
+    return _save(figure, out, "--plot")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line: `lot-rl plot`
+
+
+def configure_parser(parser: argparse.ArgumentParser, command: str = "plot") -> None:
+    parser.description = ("Plot learning curves (episodic return vs environment steps, and LoT's KL curves) from "
+                          "run folders; runs with the same label are averaged with their spread shaded.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (with metrics.jsonl)")
+    parser.add_argument("--out", default="curves.png", help="output image: .png, .pdf or .svg (default: curves.png)")
+    parser.add_argument("--labels", nargs="+", default=None,
+                        help="a label per run; equal labels are averaged (default: PPO / LoT (alpha, N) from "
+                             "config.yaml, or the run's --exp-name)")
+    parser.add_argument("--smooth", type=int, default=20,
+                        help="moving average over this many logged points (episodes or updates; 1: none; default: 20)")
+    parser.add_argument("--spread", choices=SPREADS, default="std",
+                        help="band across runs of a label: std, sem, minmax or none (default: std)")
+    parser.add_argument("--no-kl", dest="kl", action="store_false", help="leave out the LoT KL panel")
+    parser.add_argument("--metric", dest="metrics", action="append", default=[], metavar="TAG",
+                        help="also plot this logged tag (e.g. losses/entropy); repeatable")
+    parser.add_argument("--title", default=None, help="figure title")
+
+
+def run_command(ns: argparse.Namespace, command: str = "plot") -> int:
+    from lot_rl.evaluation import check_writable_file
+
+    check_writable_file(ns.out, "--out")
+    path = plot_learning_curves(ns.runs, ns.out, labels=ns.labels, smooth=ns.smooth, spread=ns.spread, kl=ns.kl,
+                                metrics=ns.metrics, title=ns.title)
+    print(f"plot: {path}")
+    return 0
