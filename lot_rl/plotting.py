@@ -167,6 +167,14 @@ def plot_learning_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.Pa
     One row per game; columns: episodic return, the LoT KL curves (if ``kl`` and any run logged them),
     then each extra tag in ``metrics``. Runs with the same label are averaged (mean line, spread band).
     """
+    figure = learning_curves_figure(run_dirs, labels, smooth, spread, kl, metrics, title)
+    return _save(figure, out, "--out")
+
+
+def learning_curves_figure(run_dirs: Sequence[str | os.PathLike], labels: Sequence[str] | None = None,
+                           smooth: int = 20, spread: str = "std", kl: bool = True, metrics: Sequence[str] = (),
+                           title: str | None = None):
+    """The Matplotlib ``Figure`` that :func:`plot_learning_curves` saves."""
     from matplotlib.ticker import FuncFormatter
 
     require(spread in SPREADS, f"unknown --spread {spread!r}; choose one of {', '.join(SPREADS)}")
@@ -218,7 +226,7 @@ def plot_learning_curves(run_dirs: Sequence[str | os.PathLike], out: str | os.Pa
     spread_text = {"std": "mean +- std across runs", "sem": "mean +- standard error", "minmax": "mean, min-max",
                    "none": "mean across runs"}[spread]
     figure.suptitle(title or f"smoothed over {smooth} logged points; {spread_text}", fontsize=10)
-    return _save(figure, out, "--out")
+    return figure
 
 
 def _horizontal() -> dict[str, Any]:
