@@ -1,0 +1,474 @@
+"""Tests for lot_rl.supervised.reweight: meta-gradients, l2rw, the weighting networks, label noise."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from lot_rl.errors import LoTUserError
+from lot_rl.supervised.reweight import (DeepReweighter, DeepWeightNet, FeatureProbe, L2RWReweighter,
+                                        MWNetReweighter, WeightStats, build_reweighter, corrupt_labels,
+                                        find_classifier_head, lookahead_parameters, lookahead_validation_loss,
+                                        normalize_batch_weights, per_sample_cross_entropy, split_meta_set,
+                                        student_parameters, validate_reweight_options, weighted_task_loss)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is faster, and far faster when other jobs share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class TinyStudent(nn.Module):
+    """Two-layer classifier; ``fc`` is the head whose input are the penultimate features."""
+
+    def __init__(self, d_in: int = 4, hidden: int = 6, classes: int = 3, batch_norm: bool = False):
+        super().__init__()
+        layers = [nn.Linear(d_in, hidden)] + ([nn.BatchNorm1d(hidden)] if batch_norm else []) + [nn.Tanh()]
+        self.body = nn.Sequential(*layers)
+        self.fc = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def make_batch(n=8, d_in=4, classes=3, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d_in, generator=g, dtype=dtype), torch.randint(0, classes, (n,), generator=g)
+
+
+def warm_sgd(model, x, y, **sgd):
+    """An SGD optimizer that has taken one real step (so its momentum buffers exist)."""
+    opt = torch.optim.SGD(model.parameters(), **sgd)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return opt
+
+
+# ------------------------------------------------------------------------------------------------------
+# The lookahead mirrors the real optimizer step
+# ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sgd", [
+    dict(lr=0.1),
+    dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True),
+    dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=1e-2),
+    dict(lr=0.05, momentum=0.9, maximize=True),
+])
+def test_lookahead_equals_real_sgd_step(sgd):
+    torch.manual_seed(0)
+    model = TinyStudent().double()
+    x, y = make_batch(dtype=torch.float64)
+    opt = warm_sgd(model, x, y, **sgd)
+    weights = torch.rand(len(y), dtype=torch.float64)
+    params = student_parameters(model)
+    loss = weighted_task_loss(functional_call(model, params, (x,)), y, weights)
+    grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+    predicted = {n: p.detach().clone() for n, p in lookahead_parameters(params, grads, opt).items()}
+    weighted_task_loss(model(x), y, weights).backward()
+    opt.step()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(predicted[name], p.detach(), rtol=0, atol=1e-12)
+
+
+def test_lookahead_first_step_without_momentum_buffer_and_plain_fallbacks():
+    model = TinyStudent()
+    params = student_parameters(model)
+    grads = {n: torch.ones_like(p) for n, p in params.items()}
+    fresh = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # no buffers yet: buffer = gradient
+    adam = torch.optim.Adam(model.parameters(), lr=0.01)  # documented simplification: plain step with its lr
+    for opt, lr in ((fresh, 0.1), (adam, 0.01)):
+        out = lookahead_parameters(params, grads, opt)
+        for n, p in params.items():
+            torch.testing.assert_close(out[n], p - lr)
+    out = lookahead_parameters(params, grads, None, lr=0.5)
+    torch.testing.assert_close(out["fc.bias"], params["fc.bias"] - 0.5)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Meta-gradients against finite differences
+# ------------------------------------------------------------------------------------------------------
+
+def _meta_setup(method):
+    torch.manual_seed(1)
+    model = TinyStudent(batch_norm=True).double()
+    x, y = make_batch(10, seed=2, dtype=torch.float64)
+    mx, my = make_batch(6, seed=3, dtype=torch.float64)
+    opt = warm_sgd(model, x, y, lr=0.3, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    cls = {"mwnet": MWNetReweighter, "deep": DeepReweighter}[method]
+    extra = {"num_classes": 3, "hidden": 8} if method == "deep" else {"hidden": 8}
+    rw = cls(model, opt, mx, my, meta_batch_size=6, **extra)
+    rw.weight_net.double()
+    return model, opt, rw, x, y, mx, my
+
+
+@pytest.mark.parametrize("method", ["mwnet", "deep"])
+def test_meta_gradient_matches_finite_differences(method):
+    model, opt, rw, x, y, mx, my = _meta_setup(method)
+
+    def validation_loss():
+        def weight_fn(losses, logits, features):
+            return normalize_batch_weights(rw.raw_weights(losses, logits, features, y, 0.3))
+        return lookahead_validation_loss(model, opt, x, y, weight_fn, mx, my, rw.probe)[0]
+
+    params = list(rw.weight_net.parameters())
+    analytic = torch.autograd.grad(validation_loss(), params)
+    # directional derivatives along random directions through every parameter of the weighting network
+    g = torch.Generator().manual_seed(0)
+    h = 1e-6
+    for _ in range(3):
+        direction = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+        for p, d in zip(params, direction):
+            p.data.add_(h * d)  # p.data: the perturbation is not recorded by autograd
+        up = validation_loss().item()
+        for p, d in zip(params, direction):
+            p.data.sub_(2 * h * d)
+        down = validation_loss().item()
+        for p, d in zip(params, direction):
+            p.data.add_(h * d)
+        predicted = sum(float((a * d).sum()) for a, d in zip(analytic, direction))
+        assert predicted == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-10)
+    assert max(float(a.abs().max()) for a in analytic) > 1e-6  # the check is not vacuous
+
+
+def test_l2rw_eps_gradient_matches_finite_differences():
+    model, opt, _, x, y, mx, my = _meta_setup("mwnet")
+    eps = torch.zeros(len(y), dtype=torch.float64, requires_grad=True)
+
+    def validation_loss(e):
+        return lookahead_validation_loss(model, opt, x, y, lambda *_: e, mx, my)[0]
+
+    (analytic,) = torch.autograd.grad(validation_loss(eps), eps)
+    g = torch.Generator().manual_seed(0)
+    h = 1e-6
+    for direction in [torch.eye(len(y), dtype=torch.float64)[3], torch.randn(len(y), generator=g, dtype=torch.float64)]:
+        numeric = (validation_loss(h * direction) - validation_loss(-h * direction)) / (2 * h)
+        assert float(analytic @ direction) == pytest.approx(numeric.item(), rel=1e-5, abs=1e-10)
+    assert float(analytic.abs().max()) > 1e-6
+
+
+# ------------------------------------------------------------------------------------------------------
+# l2rw
+# ------------------------------------------------------------------------------------------------------
+
+def test_l2rw_zero_weight_for_sample_opposing_the_validation_gradient():
+    model = nn.Linear(2, 2)
+    nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    y = torch.tensor([0, 1])  # sample 1 has the label the validation data contradicts
+    rw = L2RWReweighter(model, opt, torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    w = rw.weights(x, y, model(x))
+    assert w[1].item() == 0.0
+    assert w[0].item() == pytest.approx(2.0)  # all the batch's weight (mean 1) on the helpful sample
+    assert not w.requires_grad
+
+
+def test_l2rw_weights_are_clamped_inner_products_with_the_validation_gradient():
+    """For plain SGD, -dL_val/d eps_i = lr * <grad L_val, grad l_i> (exact at eps = 0)."""
+    torch.manual_seed(0)
+    model = TinyStudent()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    x, y = make_batch(12, seed=5)
+    mx, my = make_batch(7, seed=6)
+    w = L2RWReweighter(model, opt, mx, my).weights(x, y, model(x))
+    params = list(model.parameters())
+    g_val = torch.autograd.grad(F.cross_entropy(model(mx), my), params)
+    dots = []
+    for i in range(len(y)):
+        g_i = torch.autograd.grad(F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]), params)
+        dots.append(sum((a * b).sum() for a, b in zip(g_val, g_i)))
+    expected = normalize_batch_weights(torch.clamp(torch.stack(dots), min=0))
+    torch.testing.assert_close(w, expected, rtol=1e-4, atol=1e-5)
+    assert (w == 0).any() and (w > 0).any() and w.mean().item() == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The teacher learns only through the validation loss; the student is not touched by the meta step
+# ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["l2rw", "mwnet", "deep"])
+def test_meta_step_leaves_the_student_untouched(method):
+    torch.manual_seed(0)
+    model = TinyStudent(batch_norm=True)
+    x, y = make_batch(16, seed=1)
+    opt = warm_sgd(model, x, y, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    before = copy.deepcopy(model.state_dict())
+    buffers = {id(p): opt.state[p]["momentum_buffer"].clone() for p in model.parameters()}
+    mx, my = make_batch(8, seed=2)
+    rw = build_reweighter(method, model, opt, mx, my, num_classes=3, meta_lr=0.05)
+    net_before = copy.deepcopy(rw.weight_net.state_dict()) if hasattr(rw, "weight_net") else None
+    logits = model(x)
+    before_forward_bn = copy.deepcopy(model.state_dict())  # the student's own forward updates BN stats
+    w = rw.weights(x, y, logits, progress=0.5)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before_forward_bn[k], rtol=0, atol=0)
+    assert any(not torch.equal(before[k], before_forward_bn[k]) for k in before)  # sanity: BN stats do move
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], buffers[id(p)]) for p in model.parameters())
+    assert w.shape == (16,) and not w.requires_grad and w.mean().item() == pytest.approx(1.0, abs=1e-5)
+    # the student's real step on the weighted loss sends no gradient into the weighting network
+    weighted_task_loss(logits, y, w).backward()
+    if net_before is not None:
+        moved = [not torch.equal(net_before[k], v) for k, v in rw.weight_net.state_dict().items()]
+        assert any(moved)  # the meta step did update the teacher
+        grads_after_meta = [p.grad.clone() for p in rw.weight_net.parameters()]
+        weighted_task_loss(model(x), y, w).backward()
+        for p, g in zip(rw.weight_net.parameters(), grads_after_meta):
+            assert torch.equal(p.grad, g)  # untouched by the student's backward
+
+
+@pytest.mark.parametrize("method", ["mwnet", "deep"])
+def test_teacher_gradient_vanishes_when_the_lookahead_cannot_move_the_student(method):
+    """With lr = 0 the lookahead is the identity, so the validation loss does not depend on the weights:
+    the teacher's gradient is exactly zero - the training loss alone gives it none."""
+    torch.manual_seed(0)
+    model = TinyStudent()
+    x, y = make_batch(16, seed=1)
+    opt = warm_sgd(model, x, y, lr=0.1, momentum=0.9, weight_decay=1e-3)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    mx, my = make_batch(8, seed=2)
+    rw = build_reweighter(method, model, opt, mx, my, num_classes=3)
+    net_before = copy.deepcopy(rw.weight_net.state_dict())
+    rw.weights(x, y, model(x))
+    assert all(torch.count_nonzero(p.grad) == 0 for p in rw.weight_net.parameters())
+    for k, v in rw.weight_net.state_dict().items():
+        torch.testing.assert_close(v, net_before[k], rtol=0, atol=0)
+
+
+def test_meta_interval_runs_the_meta_step_every_k_student_steps():
+    torch.manual_seed(0)
+    model = TinyStudent()
+    x, y = make_batch(8)
+    rw = build_reweighter("deep", model, torch.optim.SGD(model.parameters(), lr=0.1), *make_batch(4, seed=9),
+                          num_classes=3, meta_interval=3)
+    counts = []
+    for _ in range(7):
+        rw.weights(x, y, model(x))
+        counts.append(rw.meta_steps)
+    assert counts == [1, 1, 1, 2, 2, 2, 3]
+
+
+def test_state_dict_round_trip_and_method_mismatch():
+    torch.manual_seed(0)
+    model = TinyStudent()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    meta = make_batch(20, seed=4)
+    x, y = make_batch(8)
+    a = build_reweighter("mwnet", model, opt, *meta, num_classes=3, meta_batch_size=5, seed=3)
+    for _ in range(2):
+        a.weights(x, y, model(x))
+    b = build_reweighter("mwnet", model, opt, *meta, num_classes=3, meta_batch_size=5, seed=99)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))  # as through a checkpoint file
+    torch.testing.assert_close(a.weights(x, y, model(x)), b.weights(x, y, model(x)))
+    assert a.meta_steps == b.meta_steps == 3
+    deep = build_reweighter("deep", model, opt, *meta, num_classes=3)
+    with pytest.raises(LoTUserError, match="--reweight mwnet"):
+        deep.load_state_dict(a.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------------
+# The deep teacher's inputs
+# ------------------------------------------------------------------------------------------------------
+
+def test_probe_reads_penultimate_features_through_functional_call():
+    model = TinyStudent()
+    probe = FeatureProbe(model)
+    x, _ = make_batch(5)
+    params = {n: p * 2 for n, p in model.named_parameters()}
+    functional_call(model, params, (x,))
+    expected = torch.tanh(F.linear(x, params["body.0.weight"], params["body.0.bias"]))
+    torch.testing.assert_close(probe.features, expected)
+    assert probe.feature_dim == 6 and probe.head_name == "fc"
+    probe.remove()
+    model(x)
+    assert probe.features is None
+
+
+def test_find_classifier_head_by_name_and_fallback():
+    seq = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2))
+    assert find_classifier_head(seq)[0] == "2"
+    assert find_classifier_head(seq, "0")[0] == "0"
+
+
+def test_deep_weight_net_depends_on_features_label_and_progress():
+    torch.manual_seed(0)
+    net = DeepWeightNet(feature_dim=6, num_classes=3, hidden=8)
+    feats, logits = torch.randn(4, 6), torch.randn(4, 3)
+    labels = torch.tensor([0, 1, 2, 0])
+    base = net(feats, logits, labels, 0.1)
+    assert base.shape == (4,) and bool(((base > 0) & (base < 1)).all())
+    assert not torch.allclose(base, net(feats + torch.randn(4, 6), logits, labels, 0.1))
+    assert not torch.allclose(base, net(feats, logits, (labels + 1) % 3, 0.1))
+    assert not torch.allclose(base, net(feats, logits, labels, 0.9))
+    # its inputs are detached: no gradient reaches the student's features or logits
+    feats.requires_grad_(True)
+    net(feats, logits, labels, 0.1).sum().backward()
+    assert feats.grad is None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Clean meta split and label noise
+# ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("noise_type", ["symmetric", "pair"])
+def test_noise_flips_exact_fraction_and_never_touches_the_meta_split(noise_type):
+    labels = np.repeat(np.arange(10), 50)
+    train_idx, meta_idx = split_meta_set(labels, 100, 10, seed=0)
+    noisy, corrupted = corrupt_labels(labels, 0.4, noise_type, 10, seed=1, protected=meta_idx)
+    assert corrupted.sum() == round(0.4 * len(train_idx)) == 160
+    assert not corrupted[meta_idx].any() and np.array_equal(noisy[meta_idx], labels[meta_idx])
+    assert np.array_equal(corrupted, noisy != labels)
+    if noise_type == "pair":
+        assert np.array_equal(noisy[corrupted], (labels[corrupted] + 1) % 10)
+    else:  # every other class is reached, none much more often than the others
+        offsets = (noisy[corrupted] - labels[corrupted]) % 10
+        assert set(offsets) == set(range(1, 10)) and np.bincount(offsets)[1:].max() < 40
+
+
+def test_noise_is_seeded_and_zero_rate_is_clean():
+    labels = np.arange(200) % 7
+    a = corrupt_labels(labels, 0.25, "symmetric", 7, seed=3)
+    b = corrupt_labels(torch.tensor(labels), 0.25, "symmetric", 7, seed=3)
+    assert np.array_equal(a[0], b[0]) and a[1].sum() == 50
+    noisy, corrupted = corrupt_labels(labels, 0.0, "pair", 7)
+    assert np.array_equal(noisy, labels) and not corrupted.any()
+
+
+def test_meta_split_is_class_balanced_and_disjoint():
+    labels = np.array([0] * 30 + [1] * 30 + [2] * 4)
+    train_idx, meta_idx = split_meta_set(labels, 21, 3, seed=0)
+    assert len(meta_idx) == 21 and len(np.intersect1d(train_idx, meta_idx)) == 0
+    assert len(train_idx) + len(meta_idx) == len(labels)
+    counts = np.bincount(labels[meta_idx], minlength=3)
+    assert counts[2] == 4 and counts[0] + counts[1] == 17 and abs(counts[0] - counts[1]) <= 3
+
+
+# ------------------------------------------------------------------------------------------------------
+# Statistics and helpers
+# ------------------------------------------------------------------------------------------------------
+
+def test_weight_stats_split_corrupted_and_clean():
+    stats = WeightStats()
+    stats.update(torch.tensor([2.0, 0.0, 1.0, 1.0]), torch.tensor([False, True, False, True]))
+    stats.update(torch.tensor([0.5, 1.5]), torch.tensor([True, False]))
+    stats.add_meta_loss(2.0)
+    s = stats.summary()
+    assert s["reweight/mean_weight_clean"] == pytest.approx((2 + 1 + 1.5) / 3)
+    assert s["reweight/mean_weight_corrupted"] == pytest.approx((0 + 1 + 0.5) / 3)
+    assert s["reweight/zero_weight_fraction"] == pytest.approx(1 / 6)
+    assert s["reweight/meta_loss"] == 2.0
+    stats.reset()
+    assert math.isnan(stats.summary()["reweight/mean_weight"])
+
+
+def test_weighted_task_loss_and_normalization():
+    logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    per_sample = per_sample_cross_entropy(logits, labels)
+    w = torch.tensor([0.0, 2.0, 1.0, 1.0])
+    assert weighted_task_loss(logits, labels, w).item() == pytest.approx((w * per_sample).mean().item())
+    assert weighted_task_loss(logits, labels).item() == pytest.approx(F.cross_entropy(logits, labels).item())
+    torch.testing.assert_close(normalize_batch_weights(torch.tensor([1.0, 3.0])), torch.tensor([0.5, 1.5]))
+    assert torch.equal(normalize_batch_weights(torch.zeros(3)), torch.zeros(3))
+
+
+# ------------------------------------------------------------------------------------------------------
+# Bad options
+# ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="attention"), "--reweight 'attention'"),
+    (dict(meta_interval=0), "--meta-interval must be >= 1"),
+    (dict(method="l2rw", meta_interval=4), "--meta-interval must be 1 with --reweight l2rw"),
+    (dict(meta_size=0), "--reweight deep learns from a clean meta set"),
+    (dict(meta_size=-1), "--meta-size must be >= 0"),
+    (dict(meta_size=500, train_size=500), "--meta-size 500 leaves no training data"),
+    (dict(label_noise=1.0), "--label-noise must be in"),
+    (dict(noise_type="asym"), "--noise-type 'asym'"),
+])
+def test_bad_reweight_options(kwargs, match):
+    options = dict(method="deep", meta_size=100, meta_interval=1, label_noise=0.4, noise_type="symmetric")
+    options.update(kwargs)
+    with pytest.raises(LoTUserError, match=match):
+        validate_reweight_options(**options)
+
+
+def test_bad_options_at_construction():
+    model = TinyStudent()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    meta = make_batch(4)
+    with pytest.raises(LoTUserError, match="--reweight 'mw'"):
+        build_reweighter("mw", model, opt, *meta, num_classes=3)
+    with pytest.raises(LoTUserError, match="--meta-interval must be 1 with --reweight l2rw"):
+        build_reweighter("l2rw", model, opt, *meta, num_classes=3, meta_interval=2)
+    with pytest.raises(LoTUserError, match="--meta-lr must be > 0"):
+        build_reweighter("mwnet", model, opt, *meta, num_classes=3, meta_lr=0.0)
+    with pytest.raises(LoTUserError, match="has none"):
+        build_reweighter("deep", nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten()), None, *meta, num_classes=3)
+    with pytest.raises(LoTUserError, match="no nn.Linear submodule named 'head'"):
+        DeepReweighter(model, opt, *meta, num_classes=3, head="head")
+    with pytest.raises(LoTUserError, match="--label-noise 0.5 with --noise-type pair"):
+        corrupt_labels(np.arange(10) % 2, 0.5, "pair", 2)
+    with pytest.raises(LoTUserError, match="--meta-size must be between 1 and"):
+        split_meta_set(np.arange(10) % 2, 10, 2)
+    assert build_reweighter("none", model, opt, *meta, num_classes=3) is None
+
+
+# ------------------------------------------------------------------------------------------------------
+# End to end: a short noisy-label run of each method
+# ------------------------------------------------------------------------------------------------------
+
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location("benchmark_reweight", ROOT / "scripts" / "benchmark_reweight.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def digits_subset():
+    bench = _benchmark_module()
+    data = bench.digits_data(size=8)
+    keep = 600
+    data["x_train"], data["y_train"] = data["x_train"][:keep], data["y_train"][:keep]
+    data["x_test"], data["y_test"] = data["x_test"][:200], data["y_test"][:200]
+    return bench, data
+
+
+@pytest.mark.parametrize("method", ["none", "l2rw", "mwnet", "deep"])
+def test_end_to_end_noisy_digits(method, digits_subset):
+    bench, data = digits_subset
+    cfg = bench.BenchConfig(method=method, epochs=3, batch_size=50, lr=0.1, meta_size=50, meta_batch_size=50,
+                            meta_interval=1 if method == "l2rw" else 2, width=8, stats_epochs=2)
+    r = bench.train_one(cfg, data)
+    assert r["test_accuracy"] > 0.5  # chance is 0.1; 3 short epochs on 550 samples with 40% noise
+    epochs = r["history"]
+    assert len(epochs) == 3
+    if method == "none":
+        assert r["weight_clean"] == r["weight_corrupted"] == 1.0
+        return
+    for row in epochs:
+        assert row["reweight/mean_weight"] == pytest.approx(1.0, abs=1e-5) if method != "l2rw" \
+            else 0 < row["reweight/mean_weight"] <= 1.0 + 1e-5
+        assert math.isfinite(row["reweight/meta_loss"])
+        assert math.isfinite(row["reweight/mean_weight_corrupted"])
+    # the teachers already down-weight corrupted samples in this short, seeded run
+    assert r["weight_corrupted"] < r["weight_clean"]
