@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
-import sys
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -128,7 +126,8 @@ def flavour_name(mode: int | None, difficulty: int | None) -> str:
     """``default``, ``mode 4``, ``mode 4, difficulty 1``."""
     if mode is None and difficulty is None:
         return "default"
-    parts = ([f"mode {mode}"] if mode is not None else []) + ([f"difficulty {difficulty}"] if difficulty is not None else [])
+    parts = [f"mode {mode}"] if mode is not None else []
+    parts += [f"difficulty {difficulty}"] if difficulty is not None else []
     return ", ".join(parts)
 
 
@@ -150,7 +149,8 @@ def read_eval_json(path: str | os.PathLike) -> EvalReport:
         settings = {**data["settings"], "mode": r.get("mode"), "difficulty": r.get("difficulty")}
         eps = r["episodes"]
         results.append(EvalResult(policy=r["policy"], returns=[float(e["return"]) for e in eps],
-                                  lengths=[int(e["length"]) for e in eps], truncated=[bool(e["truncated"]) for e in eps],
+                                  lengths=[int(e["length"]) for e in eps],
+                                  truncated=[bool(e["truncated"]) for e in eps],
                                   settings=settings, videos=list(r.get("videos", []))))
     return EvalReport(checkpoint=data["checkpoint"], env_id=data["env_id"], global_step=data.get("global_step"),
                       update=data.get("update"), config=data.get("config", {}), settings=data["settings"],
@@ -401,7 +401,8 @@ def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict
     if sticky is None:
         sticky = game.default_sticky
     require(0.0 <= sticky < 1.0, f"--sticky must be in [0, 1), got {sticky}")
-    validate_flavour(game, settings.mode, settings.difficulty)
+    if settings.mode is not None or settings.difficulty is not None:
+        validate_flavour(game, settings.mode, settings.difficulty)
     return {"env_id": env_id, "game": game.name, "episodes": settings.episodes, "greedy": settings.greedy,
             "seed": settings.seed, "num_envs": min(settings.num_envs, settings.episodes), "sticky": float(sticky),
             "mode": settings.mode, "difficulty": settings.difficulty, "max_frames": settings.max_frames,
@@ -422,7 +423,9 @@ def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, A
     device = _device(resolved["device"])
     logits_fn = load_policy(checkpoint, policy, device)
     record = video_dir is not None and video_episodes > 0
-    backend = resolved["backend"] or ("gymnasium" if record else "ale")
+    # Flavours and RGB frames exist only on the gymnasium backend (make_atari_env switches to it too).
+    needs_gymnasium = record or resolved["mode"] is not None or resolved["difficulty"] is not None
+    backend = "gymnasium" if needs_gymnasium else (resolved["backend"] or "ale")
     env = make_atari_env(resolved["env_id"], resolved["num_envs"], resolved["seed"], backend=backend,
                          episodic_life=False, repeat_action_probability=resolved["sticky"],
                          full_action_space=resolved["full_action_space"], mode=resolved["mode"],
@@ -520,9 +523,12 @@ def _fmt(x: float) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]], align_left: int = 1) -> str:
+    """A plain-text table: the first ``align_left`` columns left-aligned, numbers right-aligned."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+
     def line(cells):
-        return "  ".join(str(c).ljust(w) if k < align_left else str(c).rjust(w) for k, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(str(c).ljust(w) if k < align_left else str(c).rjust(w)
+                         for k, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
@@ -539,8 +545,9 @@ def format_report(report: EvalReport) -> str:
     sweep = report.settings.get("flavours") == "all"
     lines = [f"{report.settings['game']} ({report.env_id}), {report.checkpoint}{step}",
              describe_settings(report.settings, flavour=not sweep)]
-    header = ["policy"] + (["flavour"] if sweep else []) + [
-        "episodes", "mean", "std", "median", "IQM [95% CI]", "min", "max", "mean length"] + (["IQM vs default"] if sweep else [])
+    header = (["policy"] + (["flavour"] if sweep else [])
+              + ["episodes", "mean", "std", "median", "IQM [95% CI]", "min", "max", "mean length"]
+              + (["IQM vs default"] if sweep else []))
     rows = []
     for r in report.results:
         s = r.summary
@@ -683,7 +690,8 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "eval") -> 
     parser.add_argument("--sticky", type=float, default=None, metavar="P",
                         help="sticky-action probability; 0.25 is the ALE v5 protocol (default: as trained)")
     parser.add_argument("--mode", type=int, default=None, help="ALE game mode (default: the game's default)")
-    parser.add_argument("--difficulty", type=int, default=None, help="ALE game difficulty (default: the game's default)")
+    parser.add_argument("--difficulty", type=int, default=None,
+                        help="ALE game difficulty (default: the game's default)")
     parser.add_argument("--max-frames", type=int, default=MAX_EPISODE_FRAMES,
                         help=f"emulator frames after which a game is cut (default: {MAX_EPISODE_FRAMES:,})")
     parser.add_argument("--env-id", default=None, help="Atari id (default: the checkpoint's; must be the same game)")

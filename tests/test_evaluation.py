@@ -17,7 +17,7 @@ from gymnasium.vector import VectorWrapper
 
 from lot_rl import config as cfg_lib
 from lot_rl import evaluation, stats
-from lot_rl.agents.ppo_lot_atari import Agent, Args, StudentPolicy, make_students
+from lot_rl.agents.ppo_lot_atari import Agent, Args, make_students
 from lot_rl.checkpoint import save_checkpoint
 from lot_rl.cli import main
 from lot_rl.envs import atari
