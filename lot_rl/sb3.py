@@ -121,13 +121,15 @@ class _AttachPenalty(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, log_prob: torch.Tensor, penalty: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, log_prob: torch.Tensor, penalty: torch.Tensor, backward_calls: list[int]) -> torch.Tensor:
         ctx.penalty_dtype, ctx.penalty_device = penalty.dtype, penalty.device
+        ctx.backward_calls = backward_calls
         return log_prob.clone()
 
     @staticmethod
     def backward(ctx, grad_log_prob: torch.Tensor):
-        return grad_log_prob, torch.ones((), dtype=ctx.penalty_dtype, device=ctx.penalty_device)
+        ctx.backward_calls[0] += 1  # proof that the penalty reached the algorithm's backward pass
+        return grad_log_prob, torch.ones((), dtype=ctx.penalty_dtype, device=ctx.penalty_device), None
 
 
 def _reinitialise(module: nn.Module) -> None:
@@ -379,7 +381,8 @@ class LoTCallback(BaseCallback):
             self._batch_student_kl_sum += float(imitation.detach()) / len(students)
             self._batch_student_steps += 1
         if self.alpha > 0:
-            log_prob = _AttachPenalty.apply(log_prob, self.alpha * teachability)
+            log_prob = _AttachPenalty.apply(log_prob, self.alpha * teachability, self._penalty_backward_calls)
+            self._penalties_attached += 1
         return values, log_prob, entropy
 
     def _sync_student_lr(self) -> None:
@@ -396,11 +399,22 @@ class LoTCallback(BaseCallback):
             return
         self._student_phase_pending = False
         self.updates += 1
+        self._check_penalty_reached_backward()
         if not self._lr_synced and self.student_lr is None:
             self._sync_student_lr()
         start = time.perf_counter()
         phase_kls = self.student_phase() if self.student_steps_ratio > 0 else []
         self._log_update(phase_kls, time.perf_counter() - start)
+
+    def _check_penalty_reached_backward(self) -> None:
+        # Guard against a silent no-op: an SB3 version whose train() stops building its loss from
+        # evaluate_actions' log_prob would never call _AttachPenalty.backward.
+        if self._penalties_attached and not self._penalty_backward_calls[0]:
+            import stable_baselines3
+            raise RuntimeError(
+                f"LoTCallback: the teachability penalty was added to {self._penalties_attached} minibatches but "
+                f"never reached {type(self.model).__name__}.train()'s backward pass; this stable-baselines3 "
+                f"{stable_baselines3.__version__} differs from the tested 2.9 (see lot_rl/sb3.py)")
 
     @torch.no_grad()
     def teacher_targets(self, observations: torch.Tensor) -> torch.Tensor:
@@ -441,6 +455,7 @@ class LoTCallback(BaseCallback):
 
     # ------------------------------------------------------------------ logging
     def _reset_stats(self) -> None:
+        self._penalties_attached, self._penalty_backward_calls = 0, [0]
         self._teacher_kl_sum, self._teacher_batches = 0.0, 0
         self._batch_student_kl_sum, self._batch_student_steps = 0.0, 0
 

@@ -81,6 +81,9 @@ class Recorder(BaseCallback):
         model.policy.optimizer.register_step_pre_hook(teacher_pre_step)
         self.lot.students.optimizers[0].register_step_pre_hook(student_pre_step)
 
+    def _on_rollout_end(self) -> None:
+        self.student_snapshot = None  # forget steps of the student phase that ran before this rollout
+
     def _students_now(self):
         return [copy.deepcopy(net) for net in self.lot.students.networks]
 
@@ -375,8 +378,21 @@ def test_short_breakout_learn_with_cnn_policy(tmp_path):
     env = VecFrameStack(make_atari_env("BreakoutNoFrameskip-v4", n_envs=2, seed=7), n_stack=4)
     model = PPO("CnnPolicy", env, n_steps=32, batch_size=32, n_epochs=1, ent_coef=0.01, seed=7, device="cpu")
     lot = LoTCallback(alpha=0.5, num_students=1, student_steps_ratio=1, obs_num=2)
-    model.learn(3 * 64, callback=lot)
+    lot.init_callback(model)
+    recorder = Recorder(lot)
+    model.learn(3 * 64, callback=CallbackList([recorder, lot]))
     assert lot.updates == 3
+    # The CNN teacher's gradient is PPO + penalty here too (first minibatch of the last update).
+    step = recorder.steps[-2]
+    teacher = fresh_policy_like(model.policy)
+    teacher.load_state_dict(step["teacher"])
+    ppo_loss, teacher_logits = explicit_ppo_loss(model, teacher, step["batch"])
+    penalty = teachability_kl(teacher_logits, [step["students"][0](step["batch"].observations)])
+    (ppo_loss + 0.5 * penalty).backward()
+    torch.nn.utils.clip_grad_norm_(teacher.parameters(), model.max_grad_norm)
+    for got, p in zip(step["grads"], teacher.parameters()):
+        # Our explicit loss runs the trunk twice (policy and value), SB3 once: float32 sums in another order.
+        assert float((got - p.grad).norm()) <= 1e-4 * float(p.grad.norm())
     entries = lot.cache.entries()
     assert len(entries) == 2 and entries[0].shape == (64, 4, 84, 84) and entries[0].dtype == torch.uint8
     student = lot.students.networks[0].policy
@@ -388,3 +404,36 @@ def test_short_breakout_learn_with_cnn_policy(tmp_path):
     restored = LoTCallback.load(tmp_path / "breakout")
     restored.init_callback(PPO.load(tmp_path / "breakout", env=env, device="cpu"))
     torch.testing.assert_close(restored.students.networks[0].policy.action_net.weight, student.action_net.weight)
+
+
+def test_interrupted_learn_leaves_no_penalty_behind():
+    model = PPO("MlpPolicy", cartpole(), n_steps=16, batch_size=16, n_epochs=1, seed=8, device="cpu")
+    lot = LoTCallback(student_steps_ratio=1, obs_num=1)
+
+    def interrupt(optimizer, args, kwargs):
+        raise KeyboardInterrupt
+
+    handle = model.policy.optimizer.register_step_pre_hook(interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model.learn(64, callback=lot)
+    handle.remove()
+    assert "evaluate_actions" in model.policy.__dict__  # learn() never reached its end
+    batches = lot._teacher_batches
+    model.learn(32, reset_num_timesteps=False)  # plain PPO now: the stale wrapper steps aside
+    assert "evaluate_actions" not in model.policy.__dict__
+    assert lot._teacher_batches == batches
+
+
+def test_a_train_that_ignores_log_prob_is_reported():
+    class ValueOnlyPPO(PPO):
+        def train(self) -> None:
+            for data in self.rollout_buffer.get(self.batch_size):
+                values, _, _ = self.policy.evaluate_actions(data.observations, data.actions.long().flatten())
+                loss = F.mse_loss(values.flatten(), data.returns)
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                self.policy.optimizer.step()
+
+    model = ValueOnlyPPO("MlpPolicy", cartpole(), n_steps=16, batch_size=16, device="cpu")
+    with pytest.raises(RuntimeError, match="never reached ValueOnlyPPO.train"):
+        model.learn(32, callback=LoTCallback(student_steps_ratio=1, obs_num=1))
