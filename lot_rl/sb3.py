@@ -202,6 +202,9 @@ class LoTCallback(BaseCallback):
         require(self.num_students >= 1, f"LoTCallback: num_students must be >= 1, got {self.num_students}")
         require(self.student_steps_ratio >= 0,
                 f"LoTCallback: student_steps_ratio must be >= 0, got {self.student_steps_ratio}")
+        require(self.student_steps_ratio > 0 or self.imitate_on_teacher_batches,
+                "LoTCallback: with student_steps_ratio=0 and imitate_on_teacher_batches=False the students "
+                "never learn; set student_steps_ratio >= 1 or imitate_on_teacher_batches=True")
         require(self.obs_num >= 1, f"LoTCallback: obs_num must be >= 1 (rollouts the students imitate on), "
                                    f"got {self.obs_num}")
         require(self.temperature > 0, f"LoTCallback: temperature must be > 0, got {self.temperature}")

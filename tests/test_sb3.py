@@ -335,6 +335,8 @@ def test_custom_student_network_and_its_reload(tmp_path):
     ({"temperature": 0}, "temperature must be > 0"),
     ({"student_weights": [1.0, 2.0]}, "student_weights must be 1 value"),
     ({"cache_mode": "views"}, "cache_mode must be one of copies, reference"),
+    ({"student_steps_ratio": 0, "imitate_on_teacher_batches": False}, "students never learn"),
+    ({"student_steps_ratio": -1}, "student_steps_ratio must be >= 0"),
 ])
 def test_bad_options_fail_at_construction(kwargs, message):
     with pytest.raises(LoTUserError, match=message):
