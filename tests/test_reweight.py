@@ -16,8 +16,9 @@ from torch import nn
 from torch.func import functional_call
 
 from lot_rl.errors import LoTUserError
-from lot_rl.supervised.reweight import (DeepReweighter, DeepWeightNet, FeatureProbe, L2RWReweighter,
-                                        MWNetReweighter, WeightStats, build_reweighter, corrupt_labels,
+from lot_rl.supervised.reweight import (DeepReweighter, DeepWeightNet, FeatureProbe, FitReweighting,
+                                        L2RWReweighter, MWNetReweighter, WeightStats,
+                                        build_reweighter, corrupt_labels, hold_out_meta_set,
                                         find_classifier_head, lookahead_parameters, lookahead_validation_loss,
                                         normalize_batch_weights, per_sample_cross_entropy, split_meta_set,
                                         student_parameters, validate_reweight_options, weighted_task_loss)
@@ -432,43 +433,108 @@ def test_bad_options_at_construction():
 
 
 # ------------------------------------------------------------------------------------------------------
-# End to end: a short noisy-label run of each method
+# Calling before or after the student's forward; the training-loop adapter
+# ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["mwnet", "deep"])
+def test_weights_before_and_after_the_forward_agree(method):
+    """Without logits the states come from the lookahead's own forward (or a side-effect-free one)."""
+    torch.manual_seed(0)
+    model = TinyStudent(batch_norm=True)
+    x, y = make_batch(16, seed=1)
+    meta = make_batch(8, seed=2)
+    twins = []
+    for _ in range(2):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        torch.manual_seed(5)
+        twins.append(build_reweighter(method, model, opt, *meta, num_classes=3, meta_interval=2, meta_lr=0.05))
+    after, before = twins
+    for _ in range(3):  # meta step, plain step, meta step
+        w_after = after.weights(x, y, model(x), progress=0.2)
+        w_before = before.weights(x, y, None, progress=0.2)
+        torch.testing.assert_close(w_after, w_before, rtol=1e-5, atol=1e-6)
+    assert after.meta_steps == before.meta_steps == 2
+
+
+def test_hold_out_meta_set_then_noise_only_the_rest():
+    from lot_rl.supervised.data import ImageData
+    labels = torch.arange(200) % 10  # image i holds the value i: an id that survives the split
+    images = ImageData("toy", torch.arange(200, dtype=torch.uint8).view(200, 1, 1, 1).expand(200, 1, 2, 2).clone(),
+                       labels.clone(), torch.zeros(0, 1, 2, 2, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
+                       10, (0.5,), (0.2,))
+    meta_x, meta_y, corrupted = hold_out_meta_set(images, 50, 0.4, "pair", seed=0)
+    assert len(meta_y) == 50 and np.bincount(meta_y.numpy(), minlength=10).tolist() == [5] * 10
+    meta_ids = set(meta_x[:, 0, 0, 0].tolist())
+    train_ids = images.train_images[:, 0, 0, 0].long()
+    assert len(train_ids) == 150 and meta_ids.isdisjoint(train_ids.tolist())
+    assert torch.equal(meta_y, labels[sorted(meta_ids)])  # the meta labels are the clean ones
+    assert int(corrupted.sum()) == 60
+    original = labels[train_ids]
+    assert torch.equal(corrupted, images.train_labels != original)
+    assert torch.equal(images.train_labels[corrupted], (original[corrupted] + 1) % 10)
+
+
+def test_fit_adapter_passes_inputs_progress_and_corrupted_mask():
+    torch.manual_seed(0)
+    model = TinyStudent()
+    meta = make_batch(8, seed=2)
+    rw = build_reweighter("deep", model, torch.optim.SGD(model.parameters(), lr=0.1), *meta, num_classes=3)
+    twin = build_reweighter("deep", model, torch.optim.SGD(model.parameters(), lr=0.1), *meta, num_classes=3)
+    twin.load_state_dict(copy.deepcopy(rw.state_dict()))
+    twin.weight_net.load_state_dict(rw.weight_net.state_dict())
+    corrupted = torch.tensor([True, False] * 8)
+    adapter = FitReweighting(rw, total_steps=4, corrupted=corrupted)
+    x, y = make_batch(16, seed=1)
+    w = adapter.weights(torch.arange(16), y, inputs=x)
+    w2 = adapter.weights(torch.arange(16), y, inputs=x)
+    torch.testing.assert_close(w, twin.weights(x, y, progress=0.0))
+    torch.testing.assert_close(w2, twin.weights(x, y, progress=0.25))  # progress = step / total_steps
+    with pytest.raises(RuntimeError, match="needs the batch inputs"):
+        adapter.weights(torch.arange(16), y)
+    metrics = adapter.epoch_metrics()
+    both = torch.cat([w, w2])
+    assert metrics["reweight/mean_weight_corrupted"] == pytest.approx(float(both[corrupted.repeat(2)].mean()))
+    assert metrics["reweight/mean_weight_clean"] == pytest.approx(float(both[~corrupted.repeat(2)].mean()))
+    assert adapter.state_dict()["step"] == 2
+
+
+# ------------------------------------------------------------------------------------------------------
+# End to end: short lot-rl cv runs on noisy digits through training.fit's reweighter hook
 # ------------------------------------------------------------------------------------------------------
 
 def _benchmark_module():
     spec = importlib.util.spec_from_file_location("benchmark_reweight", ROOT / "scripts" / "benchmark_reweight.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
 
-@pytest.fixture(scope="module")
-def digits_subset():
+@pytest.mark.parametrize("method, alpha", [("none", 0.0), ("l2rw", 0.0), ("mwnet", 0.0), ("deep", 0.5)])
+def test_end_to_end_cv_on_noisy_digits(method, alpha, tmp_path):
+    from lot_rl.runlog import read_metrics
+    from lot_rl.supervised.cv import CVArgs
+
     bench = _benchmark_module()
-    data = bench.digits_data(size=8)
-    keep = 600
-    data["x_train"], data["y_train"] = data["x_train"][:keep], data["y_train"][:keep]
-    data["x_test"], data["y_test"] = data["x_test"][:200], data["y_test"][:200]
-    return bench, data
-
-
-@pytest.mark.parametrize("method", ["none", "l2rw", "mwnet", "deep"])
-def test_end_to_end_noisy_digits(method, digits_subset):
-    bench, data = digits_subset
-    cfg = bench.BenchConfig(method=method, epochs=3, batch_size=50, lr=0.1, meta_size=50, meta_batch_size=50,
-                            meta_interval=1 if method == "l2rw" else 2, width=8, stats_epochs=2)
-    r = bench.train_one(cfg, data)
-    assert r["test_accuracy"] > 0.5  # chance is 0.1; 3 short epochs on 550 samples with 40% noise
-    epochs = r["history"]
+    args = CVArgs(dataset="digits", epochs=3, width=8, batch_size=32, val_size=100, device="cpu", seed=1,
+                  alpha=alpha, num_students=1 if alpha > 0 else 0, run_dir=str(tmp_path), run_name=method)
+    summary = bench.run_cv_with_reweighting(args, method, label_noise=0.4, noise_type="symmetric", meta_size=50,
+                                            meta_interval=1 if method == "l2rw" else 2, meta_batch_size=50,
+                                            meta_lr=1e-2)
+    assert summary["finished"] and summary["corrupted_fraction"] == pytest.approx(0.4, abs=1e-3)
+    assert summary["test"]["teacher/test_acc"] > 0.3  # chance is 0.1: three short epochs at 40% noise
+    rows = read_metrics(tmp_path / method)
+    epochs = [r for r in rows if "teacher/val_acc" in r]
     assert len(epochs) == 3
+    assert list((tmp_path / method).glob("events.out.tfevents.*"))
     if method == "none":
-        assert r["weight_clean"] == r["weight_corrupted"] == 1.0
+        assert not any("reweight/mean_weight" in r for r in rows)
         return
     for row in epochs:
-        assert row["reweight/mean_weight"] == pytest.approx(1.0, abs=1e-5) if method != "l2rw" \
-            else 0 < row["reweight/mean_weight"] <= 1.0 + 1e-5
-        assert math.isfinite(row["reweight/meta_loss"])
-        assert math.isfinite(row["reweight/mean_weight_corrupted"])
-    # the teachers already down-weight corrupted samples in this short, seeded run
-    assert r["weight_corrupted"] < r["weight_clean"]
+        mean = row["reweight/mean_weight"]
+        assert (mean == pytest.approx(1.0, abs=1e-5)) if method != "l2rw" else (0 < mean <= 1 + 1e-5)
+        assert math.isfinite(row["reweight/meta_loss"]) and math.isfinite(row["reweight/mean_weight_corrupted"])
+    if alpha > 0:
+        assert all(r["lot/teacher_kl"] > 0 for r in epochs)  # LoT ran alongside the reweighting
+    if method == "l2rw":  # its signal is strong from the first steps
+        assert summary["weight_corrupted"] < summary["weight_clean"]

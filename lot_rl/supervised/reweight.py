@@ -40,7 +40,7 @@ The module also holds the clean/noisy data helpers the method needs: a class-bal
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lot_rl.errors import LoTUserError, require
+from lot_rl.supervised.data import ImageData, normalize_images, symmetric_label_noise
 
 REWEIGHT_METHODS = ("none", "l2rw", "mwnet", "deep")
 NOISE_TYPES = ("symmetric", "pair")
@@ -109,16 +110,35 @@ def corrupt_labels(labels: torch.Tensor | np.ndarray, rate: float, noise_type: s
     if protected is not None:
         eligible[_as_numpy_labels(protected)] = False
     candidates = np.flatnonzero(eligible)
-    count = int(round(rate * len(candidates)))
-    rng = np.random.default_rng(seed)
-    flip = rng.choice(candidates, size=count, replace=False)
     noisy = labels.copy()
     if noise_type == "pair":
+        flip = np.random.default_rng(seed).choice(candidates, size=int(round(rate * len(candidates))), replace=False)
         noisy[flip] = (labels[flip] + 1) % num_classes
-    else:
-        # an offset in 1..C-1 lands on every other class with equal probability
-        noisy[flip] = (labels[flip] + rng.integers(1, num_classes, size=count)) % num_classes
+    else:  # the data module's symmetric noise, applied to the eligible samples only
+        noisy[candidates] = symmetric_label_noise(torch.from_numpy(labels[candidates]), rate, num_classes,
+                                                  seed).numpy()
     return noisy, noisy != labels
+
+
+def hold_out_meta_set(images: ImageData, meta_size: int, label_noise: float, noise_type: str, seed: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Carve the clean meta set out of ``images``' training split, then corrupt the remaining labels.
+
+    In place: ``images.train_images``/``train_labels`` lose the meta samples and get the noisy labels.
+    Returns ``(meta_images, meta_labels, corrupted)``: the meta set as stored (uint8 images, clean labels)
+    and the corrupted mask of the remaining training samples (indexed like the new training split).
+    ``meta_size`` 0 holds nothing out.
+    """
+    if meta_size == 0:  # nothing held out (--reweight none): only the noise
+        train_idx, meta_idx = np.arange(len(images.train_labels)), np.zeros(0, dtype=np.int64)
+    else:
+        train_idx, meta_idx = split_meta_set(images.train_labels, meta_size, images.num_classes, seed)
+    meta_images, meta_labels = images.train_images[meta_idx], images.train_labels[meta_idx]
+    noisy, corrupted = corrupt_labels(images.train_labels[train_idx], label_noise, noise_type, images.num_classes,
+                                      seed + 7)
+    images.train_images = images.train_images[train_idx]
+    images.train_labels = torch.from_numpy(noisy)
+    return meta_images, meta_labels, torch.from_numpy(corrupted)
 
 
 def _as_numpy_labels(labels) -> np.ndarray:
@@ -306,17 +326,25 @@ def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torc
     return F.cross_entropy(logits, labels, reduction="none")
 
 
+class Lookahead(NamedTuple):
+    """What :func:`lookahead_validation_loss` computed: the loss to differentiate, and the student's states."""
+
+    validation_loss: torch.Tensor  # L_val(theta'), with the graph back to the weights
+    weights: torch.Tensor  # the weights used in the lookahead (with graph)
+    logits: torch.Tensor  # the student's logits on the training batch at theta (detached)
+    features: torch.Tensor | None  # its penultimate features there (detached; None without a probe)
+
+
 def lookahead_validation_loss(model: nn.Module, optimizer: torch.optim.Optimizer | None,
                               inputs: torch.Tensor, labels: torch.Tensor, weight_fn,
                               meta_inputs: torch.Tensor, meta_labels: torch.Tensor,
-                              probe: FeatureProbe | None = None, lr: float | None = None
-                              ) -> tuple[torch.Tensor, torch.Tensor]:
+                              probe: FeatureProbe | None = None, lr: float | None = None) -> Lookahead:
     """The clean validation loss after a lookahead step on the weighted training loss.
 
     ``weight_fn(losses, logits, features) -> weights`` is called on the student's detached states for the
     batch and must return per-sample weights that carry the graph back to whatever should be trained
     (the weighting network, or l2rw's ``eps``). The training loss is ``mean(weights * losses)``.
-    Returns ``(validation_loss, weights)``; differentiate the first w.r.t. the teacher's parameters.
+    Returns a :class:`Lookahead`; differentiate its ``validation_loss`` w.r.t. the teacher's parameters.
 
     The student module is called through :func:`torch.func.functional_call` with its own parameters and
     *clones* of its buffers, so BatchNorm statistics and the real parameters stay untouched.
@@ -324,15 +352,28 @@ def lookahead_validation_loss(model: nn.Module, optimizer: torch.optim.Optimizer
     params = student_parameters(model)
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     logits = functional_call(model, (params, buffers), (inputs,))
-    features = probe.features if probe is not None else None
+    features = probe.features.detach() if probe is not None else None
     losses = per_sample_cross_entropy(logits, labels)
-    weights = weight_fn(losses.detach(), logits.detach(), None if features is None else features.detach())
+    weights = weight_fn(losses.detach(), logits.detach(), features)
     train_loss = (weights * losses).mean()
     names = list(params)
     grads = torch.autograd.grad(train_loss, [params[n] for n in names], create_graph=True, allow_unused=True)
     new_params = lookahead_parameters(params, dict(zip(names, grads)), optimizer, lr)
     meta_logits = functional_call(model, (new_params, buffers), (meta_inputs,))
-    return per_sample_cross_entropy(meta_logits, meta_labels).mean(), weights
+    return Lookahead(per_sample_cross_entropy(meta_logits, meta_labels).mean(), weights, logits.detach(), features)
+
+
+def student_states(model: nn.Module, inputs: torch.Tensor, probe: FeatureProbe | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The student's logits and penultimate features on ``inputs``, without autograd and without side effects.
+
+    Runs in the student's current mode (train: batch statistics, as in its training step) on clones of
+    its buffers, so BatchNorm running statistics do not move.
+    """
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    with torch.no_grad():
+        logits = functional_call(model, (student_parameters(model), buffers), (inputs,))
+    return logits, (probe.features.detach() if probe is not None else None)
 
 
 def normalize_batch_weights(weights: torch.Tensor) -> torch.Tensor:
@@ -437,11 +478,14 @@ class Reweighter:
         return self.steps % self.meta_interval == 0
 
     # -- the interface --------------------------------------------------------------------------------
-    def weights(self, inputs: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor,
+    def weights(self, inputs: torch.Tensor, labels: torch.Tensor, logits: torch.Tensor | None = None,
                 progress: float = 0.0) -> torch.Tensor:
         """Weights for this batch (detached, mean 1); runs the meta step first when it is due.
 
-        ``logits`` are the student's outputs of its own forward on ``inputs`` (detached here).
+        Call it before or after the student's forward on the batch. After: pass that forward's ``logits``
+        (the feature probe has just seen the features) and no extra forward is needed. Before
+        (``logits=None``): the states come from the meta step's own forward at the same parameters, or,
+        on steps without a meta step, from one side-effect-free forward (:func:`student_states`).
         ``progress`` is the fraction of training done, in [0, 1].
         """
         raise NotImplementedError
@@ -483,8 +527,8 @@ class L2RWReweighter(Reweighter):
         self.meta_steps += 1
         meta_x, meta_y = self.meta_batch(inputs.device)
         eps = torch.zeros(len(inputs), device=inputs.device, requires_grad=True)
-        val_loss, _ = lookahead_validation_loss(self.model, self.optimizer, inputs, labels,
-                                                lambda losses, lg, ft: eps, meta_x, meta_y)
+        val_loss = lookahead_validation_loss(self.model, self.optimizer, inputs, labels,
+                                             lambda losses, lg, ft: eps, meta_x, meta_y).validation_loss
         (grad_eps,) = torch.autograd.grad(val_loss, eps)
         self.stats.add_meta_loss(float(val_loss.detach()))
         # a sample helps when up-weighting it lowers the validation loss
@@ -507,8 +551,8 @@ class LearnedReweighter(Reweighter):
                     labels: torch.Tensor, progress: float) -> torch.Tensor:
         raise NotImplementedError
 
-    def meta_step(self, inputs: torch.Tensor, labels: torch.Tensor, progress: float) -> float:
-        """One update of the weighting network by the meta-gradient; returns the validation loss."""
+    def meta_step(self, inputs: torch.Tensor, labels: torch.Tensor, progress: float) -> Lookahead:
+        """One update of the weighting network by the meta-gradient; returns the lookahead (loss and states)."""
         device = inputs.device
         if next(self.weight_net.parameters()).device != device:
             self.weight_net.to(device)
@@ -517,30 +561,36 @@ class LearnedReweighter(Reweighter):
         def weight_fn(losses, logits, features):
             return normalize_batch_weights(self.raw_weights(losses, logits, features, labels, progress))
 
-        val_loss, _ = lookahead_validation_loss(self.model, self.optimizer, inputs, labels, weight_fn,
-                                                meta_x, meta_y, self.probe)
+        look = lookahead_validation_loss(self.model, self.optimizer, inputs, labels, weight_fn, meta_x, meta_y,
+                                         self.probe)
         self.meta_optimizer.zero_grad(set_to_none=True)
         params = list(self.weight_net.parameters())
-        grads = torch.autograd.grad(val_loss, params, allow_unused=True)
+        grads = torch.autograd.grad(look.validation_loss, params, allow_unused=True)
         for p, g in zip(params, grads):
             p.grad = torch.zeros_like(p) if g is None else g
         self.meta_optimizer.step()
         self.meta_steps += 1
-        return float(val_loss.detach())
+        self.stats.add_meta_loss(float(look.validation_loss.detach()))
+        return look
 
-    def weights(self, inputs, labels, logits, progress: float = 0.0) -> torch.Tensor:
-        features = self.probe.features if self.probe is not None else None
-        if features is not None:
+    def weights(self, inputs, labels, logits=None, progress: float = 0.0) -> torch.Tensor:
+        features = None
+        if logits is not None and self.probe is not None:
+            features = self.probe.features
+            require(features is not None and features.shape[0] == len(inputs),
+                    f"the feature probe holds no features for this batch of {len(inputs)}; pass logits only "
+                    f"right after the student's forward on the batch (or pass logits=None)")
             features = features.detach()
-            require(features.shape[0] == len(inputs),
-                    f"the feature probe holds {features.shape[0]} samples but the batch has {len(inputs)}; call "
-                    f"weights() right after the student's forward on this batch")
         if self.meta_due():
-            self.stats.add_meta_loss(self.meta_step(inputs, labels, progress))
+            look = self.meta_step(inputs, labels, progress)
+            if logits is None:  # the lookahead's forward ran at the same parameters: reuse its states
+                logits, features = look.logits, look.features
+        elif logits is None:
+            logits, features = student_states(self.model, inputs, self.probe)
         self.steps += 1
         with torch.no_grad():
-            losses = per_sample_cross_entropy(logits.detach(), labels)
-            raw = self.raw_weights(losses, logits.detach(), features, labels, progress)
+            logits = logits.detach()
+            raw = self.raw_weights(per_sample_cross_entropy(logits, labels), logits, features, labels, progress)
         return normalize_batch_weights(raw)
 
     def state_dict(self) -> dict:
@@ -578,9 +628,48 @@ class DeepReweighter(LearnedReweighter):
 
     def raw_weights(self, losses, logits, features, labels, progress):
         if features is None:
-            raise RuntimeError("deep reweighting: no features captured; call weights() after the student's "
-                               "forward on the batch")
+            raise RuntimeError("deep reweighting: the feature probe captured no features")
         return self.weight_net(features, logits, labels, progress)
+
+
+class FitReweighting:
+    """A :class:`Reweighter` behind :func:`lot_rl.supervised.training.fit`'s reweighter hook.
+
+    ``fit`` calls ``weights(indices, labels, inputs=...)`` before each teacher step and logs
+    ``epoch_metrics()`` with the epoch's train metrics. This adapter runs the reweighter on the batch's
+    inputs, tracks training progress (teacher steps / ``total_steps``), and records the weights against the
+    corrupted-label mask (``corrupted``, indexed by training-set position) for the per-epoch statistics.
+    ``state_dict``/``load_state_dict`` make it part of the run's checkpoint.
+    """
+
+    def __init__(self, reweighter: Reweighter, total_steps: int, corrupted: torch.Tensor | None = None):
+        self.reweighter, self.total_steps = reweighter, max(int(total_steps), 1)
+        self.corrupted = None if corrupted is None else torch.as_tensor(corrupted).bool().cpu()
+        self.step = 0
+
+    def weights(self, indices: torch.Tensor | None, labels: torch.Tensor,
+                inputs: torch.Tensor | None = None) -> torch.Tensor:
+        if inputs is None:
+            raise RuntimeError("sample reweighting needs the batch inputs: the training loop must call "
+                               "weights(indices, labels, inputs=batch.inputs)")
+        w = self.reweighter.weights(inputs, labels, None, progress=min(1.0, self.step / self.total_steps))
+        corrupted = None
+        if self.corrupted is not None and indices is not None:
+            corrupted = self.corrupted[indices.cpu()]
+        self.reweighter.record(w, corrupted)
+        self.step += 1
+        return w
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """``reweight/*`` statistics of the epoch (then reset)."""
+        return self.reweighter.epoch_summary()
+
+    def state_dict(self) -> dict:
+        return {"reweighter": self.reweighter.state_dict(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.reweighter.load_state_dict(state["reweighter"])
+        self.step = int(state["step"])
 
 
 def validate_reweight_options(method: str, meta_size: int, meta_interval: int, label_noise: float = 0.0,
@@ -633,5 +722,5 @@ __all__ = [
     "MetaWeightNet", "DeepWeightNet", "student_parameters", "lookahead_parameters", "lookahead_validation_loss",
     "per_sample_cross_entropy", "normalize_batch_weights", "WeightStats", "Reweighter", "L2RWReweighter",
     "LearnedReweighter", "MWNetReweighter", "DeepReweighter", "validate_reweight_options", "build_reweighter",
-    "weighted_task_loss",
+    "weighted_task_loss", "hold_out_meta_set", "student_states", "Lookahead", "FitReweighting",
 ]
