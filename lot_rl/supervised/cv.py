@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from lot_rl import config as cfg_lib
-from lot_rl.checkpoint import load_checkpoint
 from lot_rl.errors import require
 from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.models import PreResNet
 from lot_rl.supervised.training import (EXPERIMENT_FIELDS, LOT_FIELDS, Batch, CommonArgs, LoTSupervisedTrainer,
-                                        Reweighter, fit, make_trainer, prepare_run, resolve_device,
-                                        seed_everything, validate_common)
+                                        Reweighter, args_from_namespace, fit, make_trainer, prepare_run, resolve_device,
+                                        print_summary, seed_everything, validate_common)
 
 CHECKPOINT_KIND = "cv"
 
@@ -186,7 +185,7 @@ def build(args: CVArgs, device: torch.device) -> tuple[CVTask, LoTSupervisedTrai
     validate_args(args)
     images = data_lib.load_image_data(args.dataset, args.data_dir)
     data_lib.split_validation(images, args.val_size, args.seed)
-    seed_everything(args.seed)
+    seed_everything(args.seed, args.threads)
     channels, classes = images.image_shape[0], images.num_classes
     task = CVTask(images, args, device)
 
@@ -207,9 +206,9 @@ def train_cv(args: CVArgs, resume: str | Path | None = None, max_steps: int | No
              reweighter: Reweighter | None = None) -> dict[str, Any]:
     """Train (or continue) an image classification run; return its summary (see :func:`training.fit`)."""
     validate_args(args)
-    run_dir, checkpoint = prepare_run(args, CHECKPOINT_KIND, args.dataset, resume)
     device = resolve_device(args.device)
-    task, trainer = build(args, device)
+    task, trainer = build(args, device)  # reads the data first: a missing file leaves no empty run folder
+    run_dir, checkpoint = prepare_run(args, CHECKPOINT_KIND, args.dataset, resume)
     return fit(task, trainer, args, run_dir, args.epochs, checkpoint, max_steps, reweighter, desc=args.dataset)
 
 
@@ -230,24 +229,8 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "cv") -> No
     cfg_lib.add_options(parser, CVArgs, OPTION_GROUPS)
 
 
-def args_from_namespace(ns: argparse.Namespace, cls=CVArgs, presets=PRESETS, kind=CHECKPOINT_KIND):
-    """Resolve defaults < preset < config file < command line (< a resumed run's saved config)."""
-    cli_values = {k: v for k, v in vars(ns).items() if k not in ("preset", "config", "resume")}
-    if ns.resume:
-        saved = load_checkpoint(ns.resume, kind=kind)["config"]
-        base = cfg_lib.from_dict(cls, saved)
-        return cfg_lib.resolve(cls, {**cfg_lib.to_dict(base), **cli_values}), ns.resume
-    return cfg_lib.resolve(cls, cli_values, presets, ns.preset, ns.config), None
-
-
-def print_summary(summary: dict[str, Any]) -> None:
-    import json
-
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
-
-
 def run_command(ns: argparse.Namespace, command: str = "cv") -> int:
-    args, resume = args_from_namespace(ns)
+    args, resume = args_from_namespace(ns, CVArgs, PRESETS, CHECKPOINT_KIND)
     try:
         summary = train_cv(args, resume=resume)
     except KeyboardInterrupt:

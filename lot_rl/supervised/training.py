@@ -16,6 +16,7 @@ choice for both.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -60,6 +61,8 @@ class CommonArgs:
     run_dir: str = cfg_lib.option("runs", "folder under which the run folder is created")
     run_name: str | None = cfg_lib.option(None, "run folder name (default: <dataset>__<exp>__<seed>__<time>)")
     data_dir: str = cfg_lib.option("data", "folder holding the data set files")
+    threads: int = cfg_lib.option(0, "torch CPU threads (0: torch's default; 1 is fastest for the small default "
+                                     "models on a busy machine)")
     precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (CPU with AVX-512 BF16, or GPU)",
                                     choices=("fp32", "bf16"))
     # --- LoT
@@ -76,7 +79,7 @@ class CommonArgs:
 
 LOT_FIELDS = ("alpha", "num_students", "student_weights", "student_steps_ratio", "temperature", "student_loss",
               "student_kl_weight", "student_ce_weight")
-EXPERIMENT_FIELDS = ("exp_name", "seed", "device", "run_dir", "run_name", "data_dir", "precision")
+EXPERIMENT_FIELDS = ("exp_name", "seed", "device", "run_dir", "run_name", "data_dir", "threads", "precision")
 
 
 def validate_common(args: CommonArgs) -> None:
@@ -88,6 +91,7 @@ def validate_common(args: CommonArgs) -> None:
             f"{args.student_steps_ratio}")
     require(args.student_kl_weight is None or args.student_kl_weight >= 0,
             f"--student-kl-weight must be >= 0, got {args.student_kl_weight}")
+    require(args.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     require(args.student_ce_weight >= 0, f"--student-ce-weight must be >= 0, got {args.student_ce_weight}")
     require(not args.student_weights or len(args.student_weights) == args.num_students,
             f"--student-weights has {len(args.student_weights)} values for {args.num_students} students")
@@ -112,7 +116,10 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], contextli
     return contextlib.nullcontext
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, threads: int = 0) -> None:
+    """Seed Python, NumPy and torch; set torch's CPU thread count when ``threads`` > 0."""
+    if threads > 0:
+        torch.set_num_threads(threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -323,13 +330,17 @@ class Task(Protocol):
 
 
 class Reweighter(Protocol):
-    """Optional per-sample weights of the teacher's task loss (issue 6 plugs in here).
+    """Optional per-sample weights of the teacher's task loss (sample reweighting plugs in here).
 
-    ``weights(indices, labels)`` returns one weight per sample (or None); ``observe`` (optional) sees the
-    teacher's detached logits after each step; ``state_dict``/``load_state_dict`` (optional) are checkpointed.
+    ``weights(indices, labels, inputs=...)`` is called before each teacher step with the batch's positions
+    in the training set, its labels and its (augmented, normalized) inputs, and returns one weight per
+    sample (or None). Optional methods: ``observe(indices, teacher_logits, labels)`` after each step,
+    ``epoch_metrics() -> dict`` (logged with the epoch's train metrics), ``state_dict``/``load_state_dict``
+    (checkpointed with the run).
     """
 
-    def weights(self, indices: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None: ...
+    def weights(self, indices: torch.Tensor | None, labels: torch.Tensor,
+                inputs: torch.Tensor | None = None) -> torch.Tensor | None: ...
 
 
 def prepare_run(args: CommonArgs, kind: str, dataset: str, resume: str | Path | None) -> tuple[Path, dict | None]:
@@ -384,7 +395,9 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
             epoch_start = time.time()
             while step_in_epoch < task.steps_per_epoch:
                 batch = task.teacher_batch()
-                weights = reweighter.weights(batch.indices, batch.labels) if reweighter is not None else None
+                weights = None
+                if reweighter is not None:
+                    weights = reweighter.weights(batch.indices, batch.labels, inputs=batch.inputs)
                 stats, teacher_logits = trainer.teacher_step(batch.inputs, batch.labels, weights, batch.forward)
                 if reweighter is not None and hasattr(reweighter, "observe"):
                     reweighter.observe(batch.indices, teacher_logits, batch.labels)
@@ -412,6 +425,8 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
                 break
             # ---- end of epoch: train means, validation, best, checkpoint
             scalars = task.train_metrics(_epoch_means(sums))
+            if reweighter is not None and hasattr(reweighter, "epoch_metrics"):
+                scalars.update(reweighter.epoch_metrics())
             scalars.update(task.evaluate(trainer, "val"))
             scalars["charts/learning_rate"] = trainer.optimizer.param_groups[0]["lr"]
             scalars["charts/epoch_seconds"] = time.time() - epoch_start
@@ -476,3 +491,22 @@ def final_summary(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, r
                "wall_seconds": wall_seconds, "config": cfg_lib.to_dict(args)}
     (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command-line helpers
+
+
+def args_from_namespace(ns: argparse.Namespace, cls, presets: dict[str, dict[str, Any]], kind: str):
+    """Resolve defaults < preset < config file < command line (< a resumed run's saved config)."""
+    cli_values = {k: v for k, v in vars(ns).items() if k not in ("preset", "config", "resume")}
+    if ns.resume:
+        saved = load_checkpoint(ns.resume, kind=kind)["config"]
+        base = cfg_lib.from_dict(cls, saved)
+        return cfg_lib.resolve(cls, {**cfg_lib.to_dict(base), **cli_values}), ns.resume
+    return cfg_lib.resolve(cls, cli_values, presets, ns.preset, ns.config), None
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """The run summary (without the options) as JSON on stdout."""
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
