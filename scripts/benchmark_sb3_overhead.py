@@ -5,7 +5,9 @@ PPO settings (8 envs x 128 steps, 4 epochs x 4 minibatches of 256). Variants:
 
 - ``SB3 PPO``: no callback;
 - ``+ LoT paper``: ``LoTCallback(alpha=0.5, num_students=1, student_steps_ratio=5, obs_num=10)``;
-- ``+ LoT light``: the same with ``student_steps_ratio=1, obs_num=1``.
+- ``+ LoT light``: the same with ``student_steps_ratio=1, obs_num=1``;
+- ``+ LoT light, no minibatch imitation``: and ``imitate_on_teacher_batches=False`` (students learn only
+  in the student phase).
 
 Each variant trains one warm-up update; the LoT caches are then topped up to ``obs_num`` rollouts with
 copies of the warm-up rollout (the cost of a student step does not depend on which states it sees), so
@@ -40,6 +42,8 @@ VARIANTS = {
     "SB3 PPO": None,
     "+ LoT paper (N 5, obs_num 10)": dict(alpha=0.5, num_students=1, student_steps_ratio=5, obs_num=10),
     "+ LoT light (N 1, obs_num 1)": dict(alpha=0.5, num_students=1, student_steps_ratio=1, obs_num=1),
+    "+ LoT light, no minibatch imitation": dict(alpha=0.5, num_students=1, student_steps_ratio=1, obs_num=1,
+                                                imitate_on_teacher_batches=False),
 }
 
 

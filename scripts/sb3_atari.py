@@ -50,7 +50,7 @@ class Options:
 
 
 def default_save_path(opts: Options) -> str:
-    game = opts.env_id.split("NoFrameskip")[0].split("-")[0].lower()
+    game = opts.env_id.removeprefix("ALE/").split("NoFrameskip")[0].split("-")[0].lower()
     return f"runs/sb3/{game}-{'lot' if opts.lot else 'ppo'}-seed{opts.seed}"
 
 

@@ -439,3 +439,28 @@ def test_a_train_that_ignores_log_prob_is_reported():
     model = ValueOnlyPPO("MlpPolicy", cartpole(), n_steps=16, batch_size=16, device="cpu")
     with pytest.raises(RuntimeError, match="never reached ValueOnlyPPO.train"):
         model.learn(32, callback=LoTCallback(student_steps_ratio=1, obs_num=1))
+
+
+def test_load_without_cache_or_with_a_smaller_cache(tmp_path):
+    model = PPO("MlpPolicy", cartpole(), n_steps=16, batch_size=16, n_epochs=1, seed=9, device="cpu")
+    lot = LoTCallback(student_steps_ratio=1, obs_num=3)
+    model.learn(3 * 32, callback=lot)
+    latest = lot.cache.entries()[-1]
+    lot.save(tmp_path / "full")
+    lot.save(tmp_path / "light", include_cache=False)
+    assert (tmp_path / "light.lot.pt").stat().st_size < (tmp_path / "full.lot.pt").stat().st_size
+
+    without_cache = LoTCallback.load(tmp_path / "light")
+    without_cache.init_callback(model)
+    assert len(without_cache.cache) == 0 and without_cache.updates == 3
+
+    smaller = LoTCallback.load(tmp_path / "full", obs_num=1)
+    smaller.init_callback(model)
+    assert len(smaller.cache) == 1 and torch.equal(smaller.cache.entries()[0], latest)
+    smaller.cache.append(latest + 1)  # the ring buffer still works after the resize
+    assert len(smaller.cache) == 1 and torch.equal(smaller.cache.entries()[0], latest + 1)
+
+    with pytest.raises(LoTUserError, match="unknown option"):
+        LoTCallback.load(tmp_path / "full", obs_nmu=1)
+    with pytest.raises(LoTUserError, match="no checkpoint"):
+        LoTCallback.load(tmp_path / "missing")
