@@ -21,10 +21,11 @@ from lot_rl.supervised.cv import CVArgs, train_cv
 from lot_rl.supervised.lm import LMArgs, train_lm
 
 
-def run_pair(task: str, seed: int, epochs: int, root: str) -> dict[str, dict]:
+def run_pair(task: str, seed: int, epochs: int, root: str, threads: int) -> dict[str, dict]:
     results = {}
     for label, lot in (("teacher-only", dict(alpha=0.0, num_students=0)), ("LoT", {})):
-        common = dict(seed=seed, epochs=epochs, run_dir=root, run_name=f"{task}-{label}-{seed}", **lot)
+        common = dict(seed=seed, epochs=epochs, run_dir=root, run_name=f"{task}-{label}-{seed}", threads=threads,
+                      **lot)
         summary = train_cv(CVArgs(**common)) if task == "cv" else train_lm(LMArgs(**common))
         results[label] = summary
     return results
@@ -36,6 +37,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[1, 2, 3])
     parser.add_argument("--cv-epochs", type=int, default=CVArgs.epochs)
     parser.add_argument("--lm-epochs", type=int, default=LMArgs.epochs)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads per run (1: steadiest timings on a shared machine)")
     parser.add_argument("--out", default="bench_supervised", help="folder for results.json and results.md")
     args = parser.parse_args()
     out = Path(args.out)
@@ -48,7 +51,7 @@ def main() -> None:
             epochs = args.cv_epochs if task == "cv" else args.lm_epochs
             per_seed = []
             for seed in args.seeds:
-                pair = run_pair(task, seed, epochs, root)
+                pair = run_pair(task, seed, epochs, root, args.threads)
                 per_seed.append({
                     "seed": seed,
                     "teacher_only": pair["teacher-only"]["test"][metric],
@@ -74,7 +77,8 @@ def main() -> None:
     table = ("| task | epochs | teacher only | LoT teacher | LoT student | wall time LoT / teacher only |\n"
              "| --- | --- | --- | --- | --- | --- |\n" + "\n".join(rows))
     (out / "results.json").write_text(json.dumps(raw, indent=2))
-    (out / "results.md").write_text(table + f"\n\nseeds: {args.seeds} (mean ± standard deviation)\n")
+    (out / "results.md").write_text(table + f"\n\nseeds: {args.seeds} (mean ± standard deviation), "
+                                     f"{args.threads} thread(s) per run\n")
     print(table)
 
 

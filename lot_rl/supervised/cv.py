@@ -27,8 +27,8 @@ from lot_rl.errors import require
 from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.models import PreResNet
 from lot_rl.supervised.training import (EXPERIMENT_FIELDS, LOT_FIELDS, Batch, CommonArgs, LoTSupervisedTrainer,
-                                        Reweighter, args_from_namespace, fit, make_trainer, prepare_run, resolve_device,
-                                        print_summary, seed_everything, validate_common)
+                                        Reweighter, args_from_namespace, fit, make_trainer, prepare_run,
+                                        print_summary, resolve_device, seed_everything, validate_common)
 
 CHECKPOINT_KIND = "cv"
 

@@ -339,7 +339,8 @@ def load_pydoc_corpus(min_count: int = 3) -> TextData:
     """The Python documentation's topic texts (``pydoc_data.topics``, in every CPython), word-level.
 
     Lower-cased words, numbers and punctuation marks are tokens; ``<eos>`` ends each line; words seen
-    fewer than ``min_count`` times in train become ``<unk>``. Every tenth topic (from the fourth) is validation, every tenth (from the eighth) test.
+    fewer than ``min_count`` times in train become ``<unk>``. Topics in name order: every tenth from the
+    fourth is validation, every tenth from the eighth is test, the rest is train.
     """
     from pydoc_data.topics import topics
 

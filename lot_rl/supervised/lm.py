@@ -30,8 +30,8 @@ from lot_rl.errors import require
 from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.models import LM_MODELS, detach_state, make_language_model
 from lot_rl.supervised.training import (EXPERIMENT_FIELDS, LOT_FIELDS, Batch, CommonArgs, LoTSupervisedTrainer,
-                                        args_from_namespace, fit, make_trainer, prepare_run, print_summary, resolve_device,
-                                        seed_everything, validate_common)
+                                        args_from_namespace, fit, make_trainer, prepare_run, print_summary,
+                                        resolve_device, seed_everything, validate_common)
 
 CHECKPOINT_KIND = "lm"
 
@@ -55,7 +55,7 @@ class LMArgs(CommonArgs):
     dropout: float = cfg_lib.option(0.2, "dropout")
     tie_weights: bool = cfg_lib.option(True, "tie input embedding and output layer")
     # --- optimization
-    epochs: int = cfg_lib.option(2, "training epochs (teacher passes over the training text)")
+    epochs: int = cfg_lib.option(6, "training epochs (teacher passes over the training text)")
     batch_size: int = cfg_lib.option(32, "parallel token streams per batch")
     bptt: int = cfg_lib.option(35, "window length of truncated backpropagation through time")
     eval_batch_size: int = cfg_lib.option(10, "parallel streams in evaluation")

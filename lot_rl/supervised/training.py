@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +191,8 @@ class LoTSupervisedTrainer:
     """
 
     def __init__(self, teacher: nn.Module, optimizer: torch.optim.Optimizer, scheduler, students: Students,
-                 settings: LoTSettings, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+                 settings: LoTSettings,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.teacher, self.optimizer, self.scheduler = teacher, optimizer, scheduler
         self.students, self.settings, self.autocast = students, settings, autocast
 
@@ -369,7 +371,7 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["trainer"])
         task.load_state_dict(checkpoint["task"])
-        if reweighter is not None and checkpoint.get("reweighter") is not None and hasattr(reweighter, "load_state_dict"):
+        if checkpoint.get("reweighter") is not None and hasattr(reweighter, "load_state_dict"):
             reweighter.load_state_dict(checkpoint["reweighter"])
         epoch, step_in_epoch, global_step = checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["global_step"]
         sums, best, elapsed = checkpoint["sums"], checkpoint["best"], checkpoint["elapsed"]
@@ -439,8 +441,10 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
                                 {"config": cfg_lib.to_dict(args), "epoch": epoch, "metrics": scalars,
                                  "models": {k: m.state_dict() for k, m in trainer.models().items()},
                                  **(extra_state or {})})
-            bar.write(f"epoch {epoch}: " + ", ".join(f"{k.replace('teacher/', '')} {v:.4g}" for k, v in scalars.items()
-                                                     if k.startswith("teacher/")))
+            # Epoch lines on stderr: stdout carries only the final JSON summary.
+            bar.write(f"epoch {epoch}: " + ", ".join(f"{k.replace('teacher/', '')} {v:.4g}"
+                                                     for k, v in scalars.items() if k.startswith("teacher/")),
+                      file=sys.stderr)
             epoch, step_in_epoch = epoch + 1, 0
             write_checkpoint()
             if stopped:
@@ -450,7 +454,7 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
         bar.close()
     if interrupt.requested:
         logger.close()
-        print(f"interrupted: saved; continue with lot-rl {task.kind} --resume {run_dir}")
+        print(f"interrupted: saved; continue with lot-rl {task.kind} --resume {run_dir}", file=sys.stderr)
         raise KeyboardInterrupt
     if epoch <= epochs:  # stopped by max_steps
         logger.close()
