@@ -44,32 +44,43 @@ from lot_rl.supervised.training import fit, prepare_run, resolve_device
 def run_cv_with_reweighting(args: cv.CVArgs, method: str, label_noise: float = 0.4, noise_type: str = "symmetric",
                             meta_size: int = 100, meta_interval: int = 1, meta_batch_size: int = 100,
                             meta_lr: float = 1e-3) -> dict:
-    """One ``lot-rl cv`` run with ``--reweight METHOD``; returns cv's summary plus ``reweight`` figures.
+    """One ``lot-rl cv`` run with ``--reweight METHOD``; returns cv's summary plus ``seconds`` and the mean
+    weights on clean and corrupted samples over the last third of the epochs.
 
-    ``args.label_noise`` must be 0: the noise is injected here (after the meta set is held out).
+    ``args.label_noise`` must be 0 (the noise options are the arguments here). When ``lot-rl cv`` has the
+    ``--reweight`` options this is ``cv.train_cv`` with them; otherwise the same steps are done here with
+    cv's public pieces (``build``, ``CVTask``, ``training.fit``'s reweighter hook).
     """
     validate_reweight_options(method, meta_size, meta_interval, label_noise, noise_type)
-    cv.validate_args(args)
-    device = resolve_device(args.device)
-    run_dir, _ = prepare_run(args, cv.CHECKPOINT_KIND, args.dataset, None)
-    _, trainer = cv.build(args, device)
-    images = data_lib.load_image_data(args.dataset, args.data_dir)
-    data_lib.split_validation(images, args.val_size, args.seed)  # the same clean validation split as cv's
-    meta_images, meta_labels, corrupted = hold_out_meta_set(images, meta_size if method != "none" else 0,
-                                                            label_noise, noise_type, args.seed)
-    task = cv.CVTask(images, args, device)
-    task.autocast = trainer.autocast
-    reweighting = None
-    if method != "none":
-        meta_inputs = data_lib.normalize_images(meta_images.to(device), images.mean, images.std)
-        reweighter = build_reweighter(method, trainer.teacher, trainer.optimizer, meta_inputs, meta_labels.to(device),
-                                      images.num_classes, meta_batch_size=meta_batch_size,
-                                      meta_interval=meta_interval, meta_lr=meta_lr, seed=args.seed)
-        reweighting = FitReweighting(reweighter, args.epochs * task.steps_per_epoch, corrupted)
-    start = time.perf_counter()
-    summary = fit(task, trainer, args, run_dir, args.epochs, reweighter=reweighting, desc=f"{args.dataset} {method}")
+    if "reweight" in {f.name for f in dataclasses.fields(cv.CVArgs)}:  # lot-rl cv has --reweight: use it as is
+        args = dataclasses.replace(args, reweight=method, label_noise=label_noise, noise_type=noise_type,
+                                   meta_size=meta_size, meta_interval=meta_interval, meta_batch_size=meta_batch_size,
+                                   meta_lr=meta_lr)
+        start = time.perf_counter()
+        summary = cv.train_cv(args)
+    else:  # older cv without the options: the same steps through its public pieces
+        cv.validate_args(args)
+        device = resolve_device(args.device)
+        run_dir, _ = prepare_run(args, cv.CHECKPOINT_KIND, args.dataset, None)
+        _, trainer = cv.build(args, device)
+        images = data_lib.load_image_data(args.dataset, args.data_dir)
+        data_lib.split_validation(images, args.val_size, args.seed)  # the same clean validation split as cv's
+        meta_images, meta_labels, corrupted = hold_out_meta_set(images, meta_size if method != "none" else 0,
+                                                                label_noise, noise_type, args.seed)
+        task = cv.CVTask(images, args, device)
+        task.autocast = trainer.autocast
+        reweighting = None
+        if method != "none":
+            meta_inputs = data_lib.normalize_images(meta_images.to(device), images.mean, images.std)
+            reweighter = build_reweighter(method, trainer.teacher, trainer.optimizer, meta_inputs,
+                                          meta_labels.to(device), images.num_classes, meta_batch_size=meta_batch_size,
+                                          meta_interval=meta_interval, meta_lr=meta_lr, seed=args.seed)
+            reweighting = FitReweighting(reweighter, args.epochs * task.steps_per_epoch, corrupted)
+        start = time.perf_counter()
+        summary = fit(task, trainer, args, run_dir, args.epochs, reweighter=reweighting,
+                      desc=f"{args.dataset} {method}")
+    run_dir = Path(summary["run_dir"])
     summary["seconds"] = time.perf_counter() - start
-    summary["corrupted_fraction"] = float(corrupted.float().mean())
     rows = [r for r in read_metrics(run_dir) if "reweight/mean_weight_clean" in r]
     last = rows[-max(1, math.ceil(len(rows) / 3)):]
 
