@@ -22,6 +22,7 @@ table: seconds per update (rollout + PPO update + LoT), the student phase's shar
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -66,8 +67,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="timed updates per variant")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
     gym.register_envs(ale_py)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
 
     runs = {}
     for name, lot_options in VARIANTS.items():
@@ -90,7 +95,8 @@ def main() -> None:
     print(f"\n{args.env_id}, {N_ENVS} envs x {N_STEPS} steps, PPO 4 epochs x 4 minibatches of 256; "
           f"{args.rounds} timed update(s) per variant after warm-up; device {runs['SB3 PPO']['model'].device}, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), SB3 {stable_baselines3.__version__}, "
-          f"{platform.processor() or platform.machine()}\n")
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{load_before:.1f} -> {os.getloadavg()[0]:.1f} (others' work inflates and scatters the times)\n")
     print("| variant | s / update | student phase s | env steps / s | ratio to SB3 PPO |")
     print("| --- | --- | --- | --- | --- |")
     for name, run in runs.items():

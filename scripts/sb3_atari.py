@@ -72,31 +72,34 @@ def learning_rate(opts: Options):
     return lambda progress_remaining: start * progress_remaining  # SB3 passes 1 -> 0 over training
 
 
-def build(opts: Options, resume: str | None):
-    """The model and (unless --no-lot) the LoT callback: new, or loaded from ``resume``."""
+LOT_OPTIONS = ("alpha", "num_students", "student_steps_ratio", "obs_num", "temperature")
+
+
+def build(opts: Options, resume: str | None, typed: set[str] = frozenset()):
+    """The model and (unless --no-lot) the LoT callback: new, or loaded from ``resume``.
+
+    When resuming, the LoT options typed on the command line (``typed``) override the saved ones.
+    """
     from stable_baselines3 import PPO
 
     from lot_rl.sb3 import LoTCallback, companion_path
 
-    env = make_env(opts)
+    lot = None
     if resume:
         require(Path(resume.removesuffix(".zip") + ".zip").is_file(), f"--resume {resume}: no SB3 model there")
-        model = PPO.load(resume, env=env, device=opts.device)
-        lot = None
         if opts.lot:
             require(companion_path(resume).is_file(),
                     f"--resume {resume}: no students file {companion_path(resume)} (a --no-lot run?)")
-            lot = LoTCallback.load(resume)
+            lot = LoTCallback.load(resume, **{k: getattr(opts, k) for k in LOT_OPTIONS if k in typed})
+        model = PPO.load(resume, env=make_env(opts), device=opts.device, verbose=opts.verbose,
+                         tensorboard_log=opts.tensorboard_log or None)
         return model, lot
-    model = PPO("CnnPolicy", env, n_steps=128, batch_size=256, n_epochs=4, learning_rate=learning_rate(opts),
-                clip_range=0.1, ent_coef=opts.ent_coef, vf_coef=0.5, max_grad_norm=0.5, gamma=0.99,
-                gae_lambda=0.95, seed=opts.seed, device=opts.device, verbose=opts.verbose,
-                tensorboard_log=opts.tensorboard_log or None)
-    lot = None
-    if opts.lot:
-        lot = LoTCallback(alpha=opts.alpha, num_students=opts.num_students,
-                          student_steps_ratio=opts.student_steps_ratio, obs_num=opts.obs_num,
-                          temperature=opts.temperature)
+    if opts.lot:  # built first: a bad LoT option fails before any env starts
+        lot = LoTCallback(**{k: getattr(opts, k) for k in LOT_OPTIONS})
+    model = PPO("CnnPolicy", make_env(opts), n_steps=128, batch_size=256, n_epochs=4,
+                learning_rate=learning_rate(opts), clip_range=0.1, ent_coef=opts.ent_coef, vf_coef=0.5,
+                max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95, seed=opts.seed, device=opts.device,
+                verbose=opts.verbose, tensorboard_log=opts.tensorboard_log or None)
     return model, lot
 
 
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         cli = {k: v for k, v in vars(ns).items() if k not in ("config", "resume")}
         opts = cfg_lib.resolve(Options, cli, config_file=ns.config)
         path = opts.save_path or (ns.resume.removesuffix(".zip") if ns.resume else default_save_path(opts))
-        model, lot = build(opts, ns.resume)
+        model, lot = build(opts, ns.resume, typed=set(cli))
         remaining = opts.total_timesteps - model.num_timesteps
         require(remaining > 0, f"--total-timesteps {opts.total_timesteps}: the model has already trained "
                                f"{model.num_timesteps} steps")
