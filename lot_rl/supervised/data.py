@@ -262,9 +262,8 @@ class Vocabulary:
         self.index = {w: i for i, w in enumerate(self.words)}
 
     @classmethod
-    def from_tokens(cls, tokens: list[str], min_count: int = 1) -> "Vocabulary":
+    def from_counts(cls, counts: Counter, min_count: int = 1) -> "Vocabulary":
         """Words ordered by frequency (ties: first seen); rarer than ``min_count`` become ``<unk>``."""
-        counts = Counter(tokens)
         words = [w for w, c in sorted(counts.items(), key=lambda kv: -kv[1]) if c >= min_count]
         if EOS not in words:
             words.append(EOS)
@@ -272,17 +271,25 @@ class Vocabulary:
             words.append(UNK)
         return cls(words)
 
+    @classmethod
+    def from_tokens(cls, tokens: list[str], min_count: int = 1) -> "Vocabulary":
+        return cls.from_counts(Counter(tokens), min_count)
+
     def __len__(self) -> int:
         return len(self.words)
 
+    def unk_id(self) -> int:
+        """The id of ``<unk>``, added if the training split had none (PTB and WikiText already do)."""
+        if UNK not in self.index:
+            self.words.append(UNK)
+            self.index[UNK] = len(self.words) - 1
+        return self.index[UNK]
+
     def encode(self, tokens: list[str]) -> torch.Tensor:
-        unk = self.index.get(UNK)
-        if unk is None:
-            # Valid/test words unseen in train need an <unk> id: add it (PTB and WikiText already have one).
-            if any(t not in self.index for t in tokens):
-                self.words.append(UNK)
-                self.index[UNK] = unk = len(self.words) - 1
-        return torch.tensor([self.index.get(t, unk) for t in tokens], dtype=torch.long)
+        ids = np.fromiter((self.index.get(t, -1) for t in tokens), dtype=np.int64, count=len(tokens))
+        if (ids < 0).any():
+            ids[ids < 0] = self.unk_id()
+        return torch.from_numpy(ids)
 
 
 @dataclass
@@ -296,20 +303,44 @@ class TextData:
     test: torch.Tensor
 
 
-def read_tokens(path: str | Path) -> list[str]:
-    """Whitespace tokens of a word-level corpus file with ``<eos>`` after every line (PTB / WikiText style)."""
-    path = Path(path)
+def _line_words(path: Path) -> Iterator[list[str]]:
+    """The whitespace-separated words of each line, streamed (WikiText-103 is 500 MB)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                yield line.split()
     except UnicodeDecodeError as exc:
         raise LoTUserError(f"{path} is not UTF-8 text (byte {exc.start}); expected a word-level corpus") from exc
-    tokens: list[str] = []
-    for line in text.splitlines():
-        tokens.extend(line.split())
-        tokens.append(EOS)
-    if len(tokens) < 2 or all(t == EOS for t in tokens):
+
+
+def count_words(path: str | Path) -> Counter:
+    """Word counts of a corpus file, ``<eos>`` counted once per line."""
+    path = Path(path)
+    counts: Counter = Counter()
+    lines = 0
+    for words in _line_words(path):
+        counts.update(words)
+        lines += 1
+    if sum(counts.values()) == 0:
         raise LoTUserError(f"{path} holds no words; expected one sentence or paragraph per line")
-    return tokens
+    counts[EOS] += lines
+    return counts
+
+
+def encode_file(path: str | Path, vocab: Vocabulary) -> torch.Tensor:
+    """The ids of a corpus file's words with ``<eos>`` after every line (PTB / WikiText style), streamed."""
+    path = Path(path)
+    eos, parts, words_seen = vocab.index[EOS], [], 0
+    for words in _line_words(path):
+        parts.append(np.fromiter((vocab.index.get(w, -1) for w in words), dtype=np.int64, count=len(words)))
+        parts.append(np.array([eos], dtype=np.int64))
+        words_seen += len(words)
+    if words_seen == 0:
+        raise LoTUserError(f"{path} holds no words; expected one sentence or paragraph per line")
+    ids = np.concatenate(parts)
+    if (ids < 0).any():  # words unseen in train
+        ids[ids < 0] = vocab.unk_id()
+    return torch.from_numpy(ids)
 
 
 TEXT_FILES = {"ptb": "ptb.{}.txt", "wikitext103": "wiki.{}.tokens"}
@@ -326,10 +357,9 @@ def load_word_corpus(data_dir: str | Path, name: str) -> TextData:
                  if name == "ptb" else "wikitext-103-v1.zip (Salesforce)")
         raise LoTUserError(f"{name}: missing {', '.join(missing)} in {data_dir}; get them from {where} "
                            f"and put them in {data_dir} (or pass --data-dir)")
-    train_tokens = read_tokens(paths["train"])
-    vocab = Vocabulary.from_tokens(train_tokens)
-    return TextData(name, vocab, vocab.encode(train_tokens), vocab.encode(read_tokens(paths["valid"])),
-                    vocab.encode(read_tokens(paths["test"])))
+    vocab = Vocabulary.from_counts(count_words(paths["train"]))
+    return TextData(name, vocab, encode_file(paths["train"], vocab), encode_file(paths["valid"], vocab),
+                    encode_file(paths["test"], vocab))
 
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?|[0-9]+|[^\sa-z0-9]")
