@@ -253,6 +253,24 @@ def test_cv_command_learns_a_learnable_cifar_folder(tmp_path, capsys):
     assert '"best_epoch"' in capsys.readouterr().out
 
 
+def test_cv_command_resume_extends_a_finished_run(tmp_path, capsys):
+    write_cifar10(tmp_path / "data")
+    common = ["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"), "--depth", "8", "--width", "4",
+              "--batch-size", "8", "--val-size", "8", "--device", "cpu"]
+    assert main(["cv", *common, "--epochs", "1", "--run-dir", str(tmp_path / "runs"), "--run-name", "r"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["teacher_steps"] == 4
+    # Same folder again without --resume: refused, the checkpoint is not overwritten.
+    assert main(["cv", *common, "--run-dir", str(tmp_path / "runs"), "--run-name", "r"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    # --resume takes the saved options; --epochs given here overrides them.
+    assert main(["cv", "--resume", str(tmp_path / "runs" / "r"), "--epochs", "3"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["teacher_steps"] == 12
+    rows = [r for r in read_metrics(tmp_path / "runs" / "r") if "teacher/val_acc" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
 # ---------------------------------------------------------------------------------------------------- bad input
 
 
