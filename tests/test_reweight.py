@@ -403,6 +403,7 @@ def test_weighted_task_loss_and_normalization():
     (dict(meta_size=500, train_size=500), "--meta-size 500 leaves no training data"),
     (dict(label_noise=1.0), "--label-noise must be in"),
     (dict(noise_type="asym"), "--noise-type 'asym'"),
+    (dict(noise_type="pair", label_noise=0.5), "--label-noise 0.5 with --noise-type pair"),
 ])
 def test_bad_reweight_options(kwargs, match):
     options = dict(method="deep", meta_size=100, meta_interval=1, label_noise=0.4, noise_type="symmetric")
@@ -539,3 +540,27 @@ def test_end_to_end_cv_on_noisy_digits(method, alpha, tmp_path):
         assert all(r["lot/teacher_kl"] > 0 for r in epochs)  # LoT ran alongside the reweighting
     if method == "l2rw":  # its signal is strong from the first steps
         assert summary["weight_corrupted"] < summary["weight_clean"]
+
+
+def _cv_has_reweight_options() -> bool:
+    import dataclasses
+
+    from lot_rl.supervised.cv import CVArgs
+    return "reweight" in {f.name for f in dataclasses.fields(CVArgs)}
+
+
+@pytest.mark.skipif(not _cv_has_reweight_options(), reason="lot-rl cv has no --reweight options yet")
+@pytest.mark.parametrize("argv, match", [
+    (["--reweight", "l2rw", "--meta-interval", "2"], "--meta-interval must be 1 with --reweight l2rw"),
+    (["--reweight", "deep", "--meta-size", "0"], "--reweight deep learns from a clean meta set"),
+    (["--reweight", "mwnet", "--meta-lr", "0"], "--meta-lr must be > 0"),
+    (["--label-noise", "0.6", "--noise-type", "pair"], "--label-noise 0.6 with --noise-type pair"),
+    (["--reweight", "deep", "--meta-size", "5000"], "--meta-size must be between 1 and"),
+])
+def test_cv_command_line_reweight_errors(argv, match, tmp_path, capsys):
+    from lot_rl.cli import main
+
+    assert main(["cv", *argv, "--run-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # refused before any run folder was made

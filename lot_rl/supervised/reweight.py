@@ -680,6 +680,9 @@ def validate_reweight_options(method: str, meta_size: int, meta_interval: int, l
     require(meta_interval >= 1, f"--meta-interval must be >= 1, got {meta_interval}")
     require(noise_type in NOISE_TYPES, f"unknown --noise-type {noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
     require(0.0 <= label_noise < 1.0, f"--label-noise must be in [0, 1), got {label_noise}")
+    require(noise_type != "pair" or label_noise < 0.5,
+            f"--label-noise {label_noise} with --noise-type pair makes the flipped class the majority label of "
+            f"every class; use a rate below 0.5")
     require(meta_size >= 0, f"--meta-size must be >= 0, got {meta_size}")
     if method != "none":
         require(meta_size > 0, f"--reweight {method} learns from a clean meta set; give --meta-size > 0 "
