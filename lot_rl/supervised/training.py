@@ -428,7 +428,8 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
             # ---- end of epoch: train means, validation, best, checkpoint
             scalars = task.train_metrics(_epoch_means(sums))
             if reweighter is not None and hasattr(reweighter, "epoch_metrics"):
-                scalars.update(reweighter.epoch_metrics())
+                for key, value in reweighter.epoch_metrics().items():
+                    scalars.setdefault(key, value)  # a task wrapper may have logged them already
             scalars.update(task.evaluate(trainer, "val"))
             scalars["charts/learning_rate"] = trainer.optimizer.param_groups[0]["lr"]
             scalars["charts/epoch_seconds"] = time.time() - epoch_start
