@@ -21,7 +21,8 @@ from lot_rl.supervised.reweight import (DeepReweighter, DeepWeightNet, FeaturePr
                                         build_reweighter, corrupt_labels, hold_out_meta_set,
                                         find_classifier_head, lookahead_parameters, lookahead_validation_loss,
                                         normalize_batch_weights, per_sample_cross_entropy, split_meta_set,
-                                        student_parameters, validate_reweight_options, weighted_task_loss)
+                                        student_parameters, validate_reweight_options)
+from lot_rl.supervised.training import teacher_task_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,10 +80,10 @@ def test_lookahead_equals_real_sgd_step(sgd):
     opt = warm_sgd(model, x, y, **sgd)
     weights = torch.rand(len(y), dtype=torch.float64)
     params = student_parameters(model)
-    loss = weighted_task_loss(functional_call(model, params, (x,)), y, weights)
+    loss = teacher_task_loss(functional_call(model, params, (x,)), y, weights)
     grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
     predicted = {n: p.detach().clone() for n, p in lookahead_parameters(params, grads, opt).items()}
-    weighted_task_loss(model(x), y, weights).backward()
+    teacher_task_loss(model(x), y, weights).backward()
     opt.step()
     for name, p in model.named_parameters():
         torch.testing.assert_close(predicted[name], p.detach(), rtol=0, atol=1e-12)
@@ -225,12 +226,12 @@ def test_meta_step_leaves_the_student_untouched(method):
     assert all(torch.equal(opt.state[p]["momentum_buffer"], buffers[id(p)]) for p in model.parameters())
     assert w.shape == (16,) and not w.requires_grad and w.mean().item() == pytest.approx(1.0, abs=1e-5)
     # the student's real step on the weighted loss sends no gradient into the weighting network
-    weighted_task_loss(logits, y, w).backward()
+    teacher_task_loss(logits, y, w).backward()
     if net_before is not None:
         moved = [not torch.equal(net_before[k], v) for k, v in rw.weight_net.state_dict().items()]
         assert any(moved)  # the meta step did update the teacher
         grads_after_meta = [p.grad.clone() for p in rw.weight_net.parameters()]
-        weighted_task_loss(model(x), y, w).backward()
+        teacher_task_loss(model(x), y, w).backward()
         for p, g in zip(rw.weight_net.parameters(), grads_after_meta):
             assert torch.equal(p.grad, g)  # untouched by the student's backward
 
@@ -384,8 +385,8 @@ def test_weighted_task_loss_and_normalization():
     logits, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
     per_sample = per_sample_cross_entropy(logits, labels)
     w = torch.tensor([0.0, 2.0, 1.0, 1.0])
-    assert weighted_task_loss(logits, labels, w).item() == pytest.approx((w * per_sample).mean().item())
-    assert weighted_task_loss(logits, labels).item() == pytest.approx(F.cross_entropy(logits, labels).item())
+    assert teacher_task_loss(logits, labels, w).item() == pytest.approx((w * per_sample).mean().item())
+    assert teacher_task_loss(logits, labels).item() == pytest.approx(F.cross_entropy(logits, labels).item())
     torch.testing.assert_close(normalize_batch_weights(torch.tensor([1.0, 3.0])), torch.tensor([0.5, 1.5]))
     assert torch.equal(normalize_batch_weights(torch.zeros(3)), torch.zeros(3))
 

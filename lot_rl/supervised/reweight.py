@@ -435,7 +435,7 @@ class Reweighter:
 
         logits = model(x)                                   # the probe sees the features
         weights = reweighter.weights(x, y, logits, progress)  # detached, mean 1 over the batch
-        loss = task_loss(logits, y, weights) + alpha * teachability_penalty
+        loss = teacher_task_loss(logits, y, weights) + alpha * teachability_penalty   # training.py
         reweighter.record(weights, corrupted_mask)          # optional: for the logged statistics
 
     Args:
@@ -713,17 +713,10 @@ def build_reweighter(method: str, model: nn.Module, optimizer: torch.optim.Optim
                           **common)
 
 
-def weighted_task_loss(logits: torch.Tensor, labels: torch.Tensor,
-                       weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy, each sample's term scaled by its (detached) weight when weights are given."""
-    losses = per_sample_cross_entropy(logits, labels)
-    return losses.mean() if weights is None else (weights.detach() * losses).mean()
-
-
 __all__ = [
     "REWEIGHT_METHODS", "NOISE_TYPES", "split_meta_set", "corrupt_labels", "find_classifier_head", "FeatureProbe",
     "MetaWeightNet", "DeepWeightNet", "student_parameters", "lookahead_parameters", "lookahead_validation_loss",
     "per_sample_cross_entropy", "normalize_batch_weights", "WeightStats", "Reweighter", "L2RWReweighter",
     "LearnedReweighter", "MWNetReweighter", "DeepReweighter", "validate_reweight_options", "build_reweighter",
-    "weighted_task_loss", "hold_out_meta_set", "student_states", "Lookahead", "FitReweighting",
+    "hold_out_meta_set", "student_states", "Lookahead", "FitReweighting",
 ]
