@@ -179,7 +179,7 @@ class FeatureProbe:
     """Remembers the input of the student's classifier head at every forward (its penultimate features).
 
     A forward pre-hook, so it works for any model, for ``model(x)`` and for
-    ``functional_call(model, params, x)`` alike. Only the latest batch is kept.
+    ``functional_call(model, params, x)`` alike. Only the latest batch is kept, detached.
     """
 
     def __init__(self, model: nn.Module, head: str | None = None):
@@ -188,7 +188,8 @@ class FeatureProbe:
         self._handle = self.head.register_forward_pre_hook(self._remember)
 
     def _remember(self, module: nn.Module, inputs: tuple) -> None:
-        self.features = inputs[0]
+        # detached: the teacher only reads them, and holding the graph would keep a forward's tensors alive
+        self.features = inputs[0].detach()
 
     @property
     def feature_dim(self) -> int:
