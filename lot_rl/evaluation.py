@@ -660,7 +660,7 @@ def format_comparison(entries: Sequence[CompareEntry]) -> str:
 def configure_parser(parser: argparse.ArgumentParser, command: str = "eval") -> None:
     if command == "compare":
         parser.description = ("Evaluate several runs with the same settings (or read their saved 'lot-rl eval "
-                              "--json' files) and compare them side by side: IQM with 95%% bootstrap intervals, "
+                              "--json' files) and compare them side by side: IQM with 95% bootstrap intervals, "
                               "probability of improvement over the first run, and IQM difference.")
         parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders, checkpoint files or eval JSON files")
         parser.add_argument("--labels", nargs="+", default=None, help="a name per run (default: folder names)")
@@ -668,7 +668,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "eval") -> 
         parser.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the comparison")
     else:
         parser.description = ("Play full games (all lives, unclipped rewards, 108,000-frame cap) with the policies "
-                              "of a checkpoint and report mean, std, median and IQM with a 95%% bootstrap interval.")
+                              "of a checkpoint and report mean, std, median and IQM with a 95% bootstrap interval.")
         parser.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder or checkpoint file")
         parser.add_argument("--policy", default="teacher",
                             help="teacher, student:N, all, or a comma list (default: teacher)")

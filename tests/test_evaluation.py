@@ -272,6 +272,8 @@ def bad_files(tmp_path_factory):
     write_checkpoint(root / "pong", env_id="PongNoFrameskip-v4", num_actions=6)
     write_checkpoint(root / "actions", num_actions=6)  # claims Breakout, but 6 actions
     (root / "a_file").write_text("")
+    (root / "other.json").write_text('{"some": "thing"}')
+    (root / "broken.json").write_text('{"format": ')
     return root
 
 
@@ -289,6 +291,8 @@ def bad_files(tmp_path_factory):
     (["compare", "{run}", "{root}/pong"], "game is 'Breakout' in one and 'Pong'"),
     (["compare", "{run}", "{run}", "--plot", "{root}/a_file/x.png"], "--plot: cannot write"),
     (["compare", "{run}"], "at least two runs"),
+    (["compare", "{run}", "{root}/other.json"], "is not a lot-rl eval --json file"),
+    (["compare", "{run}", "{root}/broken.json"], "is not valid JSON"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, bad_files, random_run, capsys):
     argv = [a.format(root=bad_files, run=random_run) for a in argv]
