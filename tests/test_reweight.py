@@ -565,3 +565,20 @@ def test_cv_command_line_reweight_errors(argv, match, tmp_path, capsys):
     err = capsys.readouterr().err
     assert match in err and len(err.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())  # refused before any run folder was made
+
+
+@pytest.mark.skipif(not _cv_has_reweight_options(), reason="lot-rl cv has no --reweight options yet")
+def test_cv_resume_continues_the_reweighter_exactly(tmp_path):
+    """An interrupted run resumed from its checkpoint ends where the uninterrupted one does."""
+    from lot_rl.supervised.cv import CVArgs, train_cv
+
+    def args(name):
+        return CVArgs(dataset="digits", epochs=2, width=4, batch_size=64, val_size=100, device="cpu", seed=3,
+                      alpha=0.0, num_students=0, run_dir=str(tmp_path), run_name=name, label_noise=0.4,
+                      reweight="deep", meta_size=50, meta_batch_size=20, meta_interval=2)
+
+    whole = train_cv(args("whole"))
+    assert not train_cv(args("cut"), max_steps=7)["finished"]  # stops inside the first epoch
+    resumed = train_cv(args("cut"), resume=tmp_path / "cut")
+    assert resumed["finished"]
+    assert resumed["test"] == whole["test"]
