@@ -6,6 +6,7 @@ Examples::
     lot-rl cv --alpha 0 --num-students 0                 # the same, teacher only
     lot-rl cv --preset cifar10 --data-dir ~/data         # the reference's CIFAR-10 settings (lr 0.1, see docs)
     lot-rl cv --preset cifar100 --label-noise 0.4        # noisy labels
+    lot-rl cv --label-noise 0.4 --reweight deep          # ... with per-sample weights learned on a clean meta set
     lot-rl cv --resume runs/<run-name>                   # continue a run
 
 From Python, :func:`train_cv` takes the options and an optional reweighter (per-sample weights of the
@@ -26,6 +27,7 @@ from lot_rl import config as cfg_lib
 from lot_rl.errors import require
 from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.models import PreResNet
+from lot_rl.supervised.reweight import NOISE_TYPES, REWEIGHT_METHODS, validate_reweight_options
 from lot_rl.supervised.training import (EXPERIMENT_FIELDS, LOT_FIELDS, Batch, CommonArgs, LoTSupervisedTrainer,
                                         Reweighter, args_from_namespace, fit, make_trainer, prepare_run,
                                         print_summary, resolve_device, seed_everything, validate_common)
@@ -39,7 +41,9 @@ class CVArgs(CommonArgs):
     dataset: str = cfg_lib.option("digits", "digits (built in, no download), cifar10 or cifar100 (python "
                                   "pickle folders in --data-dir)", choices=data_lib.IMAGE_DATASETS)
     val_size: int = cfg_lib.option(200, "training images held out for validation (chooses the best epoch)")
-    label_noise: float = cfg_lib.option(0.0, "fraction of training labels flipped to another class (symmetric)")
+    label_noise: float = cfg_lib.option(0.0, "fraction of training labels flipped to another class")
+    noise_type: str = cfg_lib.option("symmetric", "symmetric: to any other class uniformly; pair: y -> y+1 mod C",
+                                     choices=NOISE_TYPES)
     crop_padding: int | None = cfg_lib.option(None, "random-crop padding in pixels (default: 4 for CIFAR, 2 "
                                               "for digits; 0: no crop)")
     flip: bool | None = cfg_lib.option(None, "random horizontal flips (default: on for CIFAR, off for digits)")
@@ -54,6 +58,13 @@ class CVArgs(CommonArgs):
     learning_rate: float = cfg_lib.option(0.1, "SGD learning rate of teacher and students, cosine-annealed to 0")
     momentum: float = cfg_lib.option(0.9, "SGD (Nesterov) momentum")
     weight_decay: float = cfg_lib.option(1e-4, "SGD weight decay")
+    # --- sample reweighting of the teacher's loss (lot_rl.supervised.reweight)
+    reweight: str = cfg_lib.option("none", "per-sample weights of the teacher's CE learned on a clean meta set: "
+                                   "none, l2rw, mwnet, deep", choices=REWEIGHT_METHODS)
+    meta_size: int = cfg_lib.option(100, "clean training images held out as the meta set (with --reweight)")
+    meta_batch_size: int = cfg_lib.option(100, "meta-set images per meta step")
+    meta_interval: int = cfg_lib.option(1, "teacher steps per meta step")
+    meta_lr: float = cfg_lib.option(1e-3, "learning rate of the weighting network (mwnet, deep)")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -70,7 +81,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["cifar"] = PRESETS["cifar10"]
 
 OPTION_GROUPS = {**{n: "experiment" for n in EXPERIMENT_FIELDS}, **{n: "LoT" for n in LOT_FIELDS},
-                 **{n: "data" for n in ("dataset", "val_size", "label_noise", "crop_padding", "flip")},
+                 **{n: "data" for n in ("dataset", "val_size", "label_noise", "noise_type", "crop_padding", "flip")},
+                 **{n: "sample reweighting" for n in ("reweight", "meta_size", "meta_batch_size", "meta_interval",
+                                                      "meta_lr")},
                  **{n: "model" for n in ("depth", "student_depth", "width")},
                  **{n: "optimization" for n in ("epochs", "batch_size", "eval_batch_size", "learning_rate",
                                                  "momentum", "weight_decay")}}
@@ -93,6 +106,7 @@ def validate_args(args: CVArgs) -> None:
     require(args.crop_padding is None or args.crop_padding >= 0,
             f"--crop-padding must be >= 0, got {args.crop_padding}")
     require(args.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
+    validate_reweight_options(args.reweight, args.meta_size, args.meta_interval, args.label_noise, args.noise_type)
 
 
 class CVTask:
@@ -108,15 +122,17 @@ class CVTask:
     higher_is_better = True
 
     def __init__(self, images: data_lib.ImageData, args: CVArgs, device: torch.device,
-                 autocast=None):
+                 autocast=None, label_noise: float | None = None):
+        """``label_noise`` overrides ``args.label_noise`` (0 when the labels were corrupted beforehand)."""
         self.data, self.device, self.autocast = images, device, autocast
+        self.reweighting = None  # the --reweight hook for fit(), set by build()
         self.eval_batch_size = args.eval_batch_size
         is_digits = images.name == "digits"
         self.pad = args.crop_padding if args.crop_padding is not None else (2 if is_digits else 4)
         self.flip = args.flip if args.flip is not None else not is_digits
         self.clean_labels = images.train_labels
-        noisy = data_lib.symmetric_label_noise(images.train_labels, args.label_noise, images.num_classes,
-                                               args.seed + 7)
+        rate = args.label_noise if label_noise is None else label_noise
+        noisy = data_lib.symmetric_label_noise(images.train_labels, rate, images.num_classes, args.seed + 7)
         self.noisy_mask = noisy != images.train_labels
         self.train_images = images.train_images.to(device)
         self.train_labels = noisy.to(device)
@@ -187,7 +203,17 @@ def build(args: CVArgs, device: torch.device) -> tuple[CVTask, LoTSupervisedTrai
     data_lib.split_validation(images, args.val_size, args.seed)
     seed_everything(args.seed, args.threads)
     channels, classes = images.image_shape[0], images.num_classes
-    task = CVTask(images, args, device)
+    meta = None
+    if args.reweight != "none" or args.noise_type != "symmetric":
+        from lot_rl.supervised.reweight import hold_out_meta_set
+
+        # Clean meta set out of the training split, then the noise on the rest (the same symmetric noise).
+        meta = hold_out_meta_set(images, args.meta_size if args.reweight != "none" else 0, args.label_noise,
+                                 args.noise_type, args.seed)
+        task = CVTask(images, args, device, label_noise=0.0)
+        task.noisy_mask = meta[2]
+    else:
+        task = CVTask(images, args, device)
 
     def make_model(role: str) -> PreResNet:
         depth = args.depth if role == "teacher" or args.student_depth is None else args.student_depth
@@ -199,16 +225,29 @@ def build(args: CVArgs, device: torch.device) -> tuple[CVTask, LoTSupervisedTrai
 
     trainer = make_trainer(args, make_model, make_optimizer, args.epochs * task.steps_per_epoch, device)
     task.autocast = trainer.autocast
+    if args.reweight != "none":
+        from lot_rl.supervised.reweight import FitReweighting, build_reweighter
+
+        meta_images, meta_labels, corrupted = meta
+        meta_inputs = data_lib.normalize_images(meta_images.to(device), images.mean, images.std)
+        reweighter = build_reweighter(args.reweight, trainer.teacher, trainer.optimizer, meta_inputs,
+                                      meta_labels.to(device), classes, meta_batch_size=args.meta_batch_size,
+                                      meta_interval=args.meta_interval, meta_lr=args.meta_lr, seed=args.seed)
+        task.reweighting = FitReweighting(reweighter, args.epochs * task.steps_per_epoch, corrupted)
     return task, trainer
 
 
 def train_cv(args: CVArgs, resume: str | Path | None = None, max_steps: int | None = None,
              reweighter: Reweighter | None = None) -> dict[str, Any]:
-    """Train (or continue) an image classification run; return its summary (see :func:`training.fit`)."""
+    """Train (or continue) an image classification run; return its summary (see :func:`training.fit`).
+
+    ``reweighter`` replaces the one ``--reweight`` builds (see :class:`training.Reweighter`).
+    """
     validate_args(args)
     device = resolve_device(args.device)
     task, trainer = build(args, device)  # reads the data first: a missing file leaves no empty run folder
     run_dir, checkpoint = prepare_run(args, CHECKPOINT_KIND, args.dataset, resume)
+    reweighter = reweighter if reweighter is not None else task.reweighting
     return fit(task, trainer, args, run_dir, args.epochs, checkpoint, max_steps, reweighter, desc=args.dataset)
 
 
