@@ -32,9 +32,10 @@ from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state, save
                                set_rng_state)
 from lot_rl.envs.atari import (BACKENDS, get_env_state, make_atari_env, parse_env_id, set_env_state,
                                supports_state)
-from lot_rl.errors import LoTUserError, require
+from lot_rl.errors import require
 from lot_rl.regularizer import ObservationCache, Students, validate_lot_options
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
+from lot_rl.runtime import autocast_for, resolve_device
 
 CHECKPOINT_KIND = "atari-ppo-lot"
 STUDENT_ARCHS = ("nature", "small")
@@ -342,22 +343,6 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
 # Training
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise LoTUserError(f"--device {name!r} is not a torch device (use auto, cpu, cuda, cuda:N)") from exc
-    require(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
-    return device
-
-
-def autocast_for(device: torch.device, precision: str):
-    """A factory of autocast contexts (bf16) or of null contexts (fp32)."""
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def _to_device_obs(x: np.ndarray | torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
@@ -376,6 +361,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         checkpoint = load_checkpoint(resume, kind=CHECKPOINT_KIND)
     validate_args(args)
     game = parse_env_id(args.env_id)
+    device = resolve_device(args.device)  # before the run folder exists: a bad --device leaves nothing behind
     if checkpoint is not None:
         saved = checkpoint["config"]
         require(parse_env_id(saved["env_id"]).rom == game.rom,
@@ -384,7 +370,6 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     else:
         run_name = args.run_name or f"{game.name}__{args.exp_name}__{args.seed}__{int(time.time())}"
         run_dir = make_run_dir(args.run_dir, run_name)
-    device = resolve_device(args.device)
 
     # Seeding (CleanRL)
     random.seed(args.seed)
@@ -615,18 +600,9 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "train") ->
     cfg_lib.add_options(parser, Args, OPTION_GROUPS)
 
 
-def args_from_namespace(ns: argparse.Namespace) -> tuple[Args, str | None]:
-    """Resolve defaults < preset < config file < command line (< a resumed run's saved config)."""
-    cli_values = {k: v for k, v in vars(ns).items() if k not in ("preset", "config", "resume")}
-    if ns.resume:
-        saved = load_checkpoint(ns.resume, kind=CHECKPOINT_KIND)["config"]
-        base = cfg_lib.from_dict(Args, saved)
-        return cfg_lib.resolve(Args, {**cfg_lib.to_dict(base), **cli_values}), ns.resume
-    return cfg_lib.resolve(Args, cli_values, PRESETS, ns.preset, ns.config), None
-
 
 def run_command(ns: argparse.Namespace, command: str = "train") -> int:
-    args, resume = args_from_namespace(ns)
+    args, resume = cfg_lib.args_from_namespace(ns, Args, PRESETS, CHECKPOINT_KIND)
     try:
         run_dir = train(args, resume=resume)
     except KeyboardInterrupt:

@@ -166,3 +166,19 @@ def from_dict(cls, values: dict[str, Any]):
 def save_config(cfg, path: str | Path) -> None:
     """Write the resolved options as YAML (readable back with ``--config``)."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def args_from_namespace(ns: argparse.Namespace, cls: type, presets: dict[str, dict[str, Any]], kind: str):
+    """Resolve a command's options from parsed arguments; return ``(args, resume_path_or_None)``.
+
+    A new run resolves defaults < ``--preset`` < ``--config`` < command line. ``--resume RUN`` starts from
+    that run's saved options (checkpoint ``kind`` must match) and lets the command line override them.
+    """
+    from lot_rl.checkpoint import load_checkpoint  # checkpoint imports torch; keep config light
+
+    cli_values = {k: v for k, v in vars(ns).items() if k not in ("preset", "config", "resume")}
+    if getattr(ns, "resume", None):
+        saved = load_checkpoint(ns.resume, kind=kind)["config"]
+        base = from_dict(cls, saved)
+        return resolve(cls, {**to_dict(base), **cli_values}), ns.resume
+    return resolve(cls, cli_values, presets, ns.preset, ns.config), None

@@ -39,6 +39,7 @@ from lot_rl import stats
 from lot_rl.checkpoint import load_checkpoint
 from lot_rl.errors import LoTUserError, require
 from lot_rl.runlog import progress_bar
+from lot_rl.runtime import resolve_device
 
 CHECKPOINT_KIND = "atari-ppo-lot"  # the kind written by lot_rl.agents.ppo_lot_atari
 EVAL_FORMAT = "lot_rl-eval"
@@ -410,17 +411,11 @@ def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict
             "backend": settings.backend, "device": settings.device}
 
 
-def _device(name: str) -> torch.device:
-    from lot_rl.agents.ppo_lot_atari import resolve_device
-
-    return resolve_device(name)
-
-
 def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, Any], video_dir: Path | None,
                   video_episodes: int) -> EvalResult:
     from lot_rl.envs.atari import make_atari_env
 
-    device = _device(resolved["device"])
+    device = resolve_device(resolved["device"])
     logits_fn = load_policy(checkpoint, policy, device)
     record = video_dir is not None and video_episodes > 0
     # Flavours and RGB frames exist only on the gymnasium backend (make_atari_env switches to it too).

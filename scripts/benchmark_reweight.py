@@ -38,7 +38,8 @@ from lot_rl.supervised import cv
 from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.reweight import (REWEIGHT_METHODS, FitReweighting, build_reweighter, hold_out_meta_set,
                                         validate_reweight_options)
-from lot_rl.supervised.training import fit, prepare_run, resolve_device
+from lot_rl.runtime import resolve_device
+from lot_rl.supervised.training import fit, prepare_run
 
 
 def run_cv_with_reweighting(args: cv.CVArgs, method: str, label_noise: float = 0.4, noise_type: str = "symmetric",

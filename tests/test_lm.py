@@ -48,6 +48,22 @@ def test_lstm_shapes_state_and_tied_embeddings():
     torch.testing.assert_close(torch.cat([first, second], 1), logits, rtol=1e-5, atol=1e-6)
 
 
+def test_lstm_under_bf16_autocast_falls_back_to_fp32_where_the_cpu_lacks_bf16_lstm(monkeypatch):
+    import lot_rl.supervised.models as models
+
+    torch.manual_seed(0)
+    model = LSTMLanguageModel(vocab_size=11, embedding_size=6, hidden_size=8, num_layers=2, dropout=0.0).eval()
+    tokens = torch.randint(0, 11, (2, 5))
+    reference, _ = model(tokens)
+    monkeypatch.setattr(models, "cpu_bf16_lstm_supported", lambda: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, state = model(tokens)
+        logits.float().sum().backward()  # gradients flow through the fp32 LSTM
+    assert all(h.dtype == torch.float32 for pair in state for h in pair)
+    torch.testing.assert_close(logits.float(), reference, atol=0.05, rtol=0.05)  # bf16 decoder only
+    assert model.layers[0].weight_ih_l0.grad is not None
+
+
 def test_transformer_shapes_and_causality():
     model = TransformerLanguageModel(30, embedding_size=16, num_layers=2, num_heads=4, dropout=0.0).eval()
     tokens = torch.randint(0, 30, (3, 9))

@@ -1,7 +1,5 @@
 """The single-file agent: CleanRL's PPO loss, GAE, the LoT terms in the update, `lot-rl train`, resume."""
 
-import math
-
 import numpy as np
 import pytest
 import torch

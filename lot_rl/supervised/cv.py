@@ -25,12 +25,13 @@ import torch.nn.functional as F
 
 from lot_rl import config as cfg_lib
 from lot_rl.errors import require
+from lot_rl.runtime import resolve_device
 from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.models import PreResNet
 from lot_rl.supervised.reweight import NOISE_TYPES, REWEIGHT_METHODS, validate_reweight_options
 from lot_rl.supervised.training import (EXPERIMENT_FIELDS, LOT_FIELDS, Batch, CommonArgs, LoTSupervisedTrainer,
-                                        Reweighter, args_from_namespace, fit, make_trainer, prepare_run,
-                                        print_summary, resolve_device, seed_everything, validate_common)
+                                        Reweighter, fit, make_trainer, prepare_run,
+                                        print_summary, seed_everything, validate_common)
 
 CHECKPOINT_KIND = "cv"
 
@@ -269,7 +270,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "cv") -> No
 
 
 def run_command(ns: argparse.Namespace, command: str = "cv") -> int:
-    args, resume = args_from_namespace(ns, CVArgs, PRESETS, CHECKPOINT_KIND)
+    args, resume = cfg_lib.args_from_namespace(ns, CVArgs, PRESETS, CHECKPOINT_KIND)
     try:
         summary = train_cv(args, resume=resume)
     except KeyboardInterrupt:

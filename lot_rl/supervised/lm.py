@@ -27,11 +27,12 @@ from torch import nn
 
 from lot_rl import config as cfg_lib
 from lot_rl.errors import require
+from lot_rl.runtime import resolve_device
 from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.models import LM_MODELS, detach_state, make_language_model
 from lot_rl.supervised.training import (EXPERIMENT_FIELDS, LOT_FIELDS, Batch, CommonArgs, LoTSupervisedTrainer,
-                                        args_from_namespace, fit, make_trainer, prepare_run, print_summary,
-                                        resolve_device, seed_everything, validate_common)
+                                        fit, make_trainer, prepare_run, print_summary,
+                                        seed_everything, validate_common)
 
 CHECKPOINT_KIND = "lm"
 
@@ -264,7 +265,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "lm") -> No
 
 
 def run_command(ns: argparse.Namespace, command: str = "lm") -> int:
-    args, resume = args_from_namespace(ns, LMArgs, PRESETS, CHECKPOINT_KIND)
+    args, resume = cfg_lib.args_from_namespace(ns, LMArgs, PRESETS, CHECKPOINT_KIND)
     try:
         summary = train_lm(args, resume=resume)
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lot_rl.errors import LoTUserError, require
+from lot_rl.runtime import cpu_bf16_lstm_supported
 
 LM_MODELS = ("lstm", "transformer")
 
@@ -111,8 +112,16 @@ class LSTMLanguageModel(nn.Module):
     def forward(self, tokens: torch.Tensor, state: LSTMState | None = None) -> tuple[torch.Tensor, LSTMState]:
         out = self.dropout(self.embedding(tokens))
         new_state = []
+        fp32_lstm = (tokens.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                     and not cpu_bf16_lstm_supported())
         for i, lstm in enumerate(self.layers):
-            out, layer_state = lstm(out, None if state is None else state[i])
+            layer_state = None if state is None else state[i]
+            if fp32_lstm:  # this CPU has no bf16 LSTM kernel: the LSTM alone runs in fp32
+                with torch.autocast("cpu", enabled=False):
+                    layer_state = None if layer_state is None else tuple(t.float() for t in layer_state)
+                    out, layer_state = lstm(out.float(), layer_state)
+            else:
+                out, layer_state = lstm(out, layer_state)
             new_state.append(layer_state)
             out = self.dropout(out)
         return self.decoder(out), new_state

@@ -49,7 +49,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lot_rl.errors import LoTUserError, require
-from lot_rl.supervised.data import ImageData, normalize_images, symmetric_label_noise
+from lot_rl.supervised.data import ImageData, symmetric_label_noise
 
 REWEIGHT_METHODS = ("none", "l2rw", "mwnet", "deep")
 NOISE_TYPES = ("symmetric", "pair")

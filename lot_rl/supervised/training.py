@@ -16,7 +16,6 @@ choice for both.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -34,9 +33,10 @@ from torch import nn
 
 from lot_rl import config as cfg_lib
 from lot_rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from lot_rl.errors import LoTUserError, require
+from lot_rl.errors import require
 from lot_rl.regularizer import STUDENT_LOSSES, Students, student_loss, validate_lot_options
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
+from lot_rl.runtime import autocast_for
 
 BEST_NAME = "best.pt"
 SUMMARY_NAME = "summary.json"
@@ -98,23 +98,6 @@ def validate_common(args: CommonArgs) -> None:
             f"--student-weights has {len(args.student_weights)} values for {args.num_students} students")
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available, else cpu; anything else must be a torch device that exists here."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise LoTUserError(f"--device {name!r} is not a torch device (use auto, cpu, cuda, cuda:N)") from exc
-    require(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
-    return device
-
-
-def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
-    """A factory of bf16 autocast contexts, or of null contexts for fp32."""
-    if precision == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def seed_everything(seed: int, threads: int = 0) -> None:
@@ -501,15 +484,6 @@ def final_summary(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, r
 # ----------------------------------------------------------------------------------------------------
 # Command-line helpers
 
-
-def args_from_namespace(ns: argparse.Namespace, cls, presets: dict[str, dict[str, Any]], kind: str):
-    """Resolve defaults < preset < config file < command line (< a resumed run's saved config)."""
-    cli_values = {k: v for k, v in vars(ns).items() if k not in ("preset", "config", "resume")}
-    if ns.resume:
-        saved = load_checkpoint(ns.resume, kind=kind)["config"]
-        base = cfg_lib.from_dict(cls, saved)
-        return cfg_lib.resolve(cls, {**cfg_lib.to_dict(base), **cli_values}), ns.resume
-    return cfg_lib.resolve(cls, cli_values, presets, ns.preset, ns.config), None
 
 
 def print_summary(summary: dict[str, Any]) -> None:

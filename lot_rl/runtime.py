@@ -1,0 +1,57 @@
+"""Where and how tensors run: the device a ``--device`` option names, and bf16 autocast.
+
+Every command (``train``, ``eval``, ``cv``, ``lm``) and the SB3 callback resolve devices here, so that
+``--device`` means the same everywhere and a missing GPU is one clear error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Callable
+
+import torch
+
+from lot_rl.errors import LoTUserError, require
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; anything else must be a torch device that exists here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise LoTUserError(f"--device {name!r} is not a torch device (use auto, cpu, cuda, cuda:N)") from exc
+    require(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: CUDA is not available here")
+    if device.type == "cuda" and device.index is not None:
+        require(device.index < torch.cuda.device_count(),
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def autocast_for(device: torch.device, precision: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of bf16 autocast contexts (``precision="bf16"``), or of null contexts for fp32.
+
+    A factory rather than one context, because autocast contexts are not reentrant across calls.
+    """
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+@functools.cache
+def cpu_bf16_lstm_supported() -> bool:
+    """Whether oneDNN can run an LSTM under CPU bf16 autocast on this CPU.
+
+    CPUs without native bf16 (AVX-512 BF16 / AMX) make ``nn.LSTM`` fail under autocast with "could not
+    create a primitive descriptor"; models ask this once and run their LSTMs in fp32 there instead.
+    """
+    lstm = torch.nn.LSTM(4, 4, batch_first=True)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, _ = lstm(torch.zeros(1, 2, 4))
+        out.float().sum().backward()
+    except RuntimeError:
+        return False
+    return True
