@@ -101,7 +101,7 @@ class Args:
     student_on_ppo_batches: bool = cfg_lib.option(True, "also train students on every PPO minibatch (as the "
                                                   "reference does)")
     # --- speed
-    precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (CPU with AVX-512 BF16, or GPU)",
+    precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on AVX2-only CPUs)",
                                     choices=("fp32", "bf16"))
     channels_last: bool = cfg_lib.option(False, "channels-last memory format for the CNNs")
 

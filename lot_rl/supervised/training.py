@@ -64,7 +64,7 @@ class CommonArgs:
     data_dir: str = cfg_lib.option("data", "folder holding the data set files")
     threads: int = cfg_lib.option(0, "torch CPU threads (0: torch's default; 1 is fastest for the small default "
                                      "models on a busy machine)")
-    precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (CPU with AVX-512 BF16, or GPU)",
+    precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on AVX2-only CPUs)",
                                     choices=("fp32", "bf16"))
     # --- LoT
     alpha: float = cfg_lib.option(0.5, "weight of the teacher's teachability penalty (0: off)")

@@ -1,0 +1,43 @@
+"""Devices and precision: lot_rl.runtime."""
+
+import warnings
+
+import pytest
+import torch
+
+from lot_rl import runtime
+from lot_rl.errors import LoTUserError
+
+
+def test_resolve_device_auto_and_explicit():
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert runtime.resolve_device("auto").type == expected
+
+
+@pytest.mark.parametrize("name, message", [("tpu0", "is not a torch device"), ("cuda:99", "--device cuda:99")])
+def test_resolve_device_rejects_unknown_or_missing_devices(name, message):
+    with pytest.raises(LoTUserError, match=message):
+        runtime.resolve_device(name)
+
+
+def test_bf16_autocast_lowers_matmuls_and_fp32_does_not():
+    layer = torch.nn.Linear(4, 3)
+    x = torch.randn(2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with runtime.autocast_for(torch.device("cpu"), "bf16")():
+            assert layer(x).dtype == torch.bfloat16
+    with runtime.autocast_for(torch.device("cpu"), "fp32")():
+        assert layer(x).dtype == torch.float32
+
+
+def test_bf16_on_a_cpu_without_bf16_kernels_warns_and_names_the_fix(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_bf16_kernels", lambda: False)
+    with pytest.warns(RuntimeWarning, match="use --precision fp32"):
+        runtime.autocast_for(torch.device("cpu"), "bf16")
+    monkeypatch.setattr(runtime, "cpu_has_bf16_kernels", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime.autocast_for(torch.device("cpu"), "bf16")
+        runtime.autocast_for(torch.device("cpu"), "fp32")
