@@ -35,7 +35,7 @@ from lot_rl.envs.atari import (BACKENDS, get_env_state, make_atari_env, parse_en
 from lot_rl.errors import require
 from lot_rl.regularizer import ObservationCache, Students, validate_lot_options
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
-from lot_rl.runtime import autocast_for, resolve_device
+from lot_rl.runtime import autocast_for, keep_freed_memory, resolve_device
 
 CHECKPOINT_KIND = "atari-ppo-lot"
 STUDENT_ARCHS = ("nature", "small")
@@ -101,9 +101,10 @@ class Args:
     student_on_ppo_batches: bool = cfg_lib.option(True, "also train students on every PPO minibatch (as the "
                                                   "reference does)")
     # --- speed
-    precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on AVX2-only CPUs)",
-                                    choices=("fp32", "bf16"))
-    channels_last: bool = cfg_lib.option(False, "channels-last memory format for the CNNs")
+    precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on "
+                                    "AVX2-only CPUs)", choices=("fp32", "bf16"))
+    channels_last: bool = cfg_lib.option(True, "channels-last memory format for the CNNs (oneDNN on CPU: about "
+                                         "1.45x faster training steps than NCHW); --no-channels-last for NCHW")
 
     @property
     def batch_size(self) -> int:
@@ -186,6 +187,11 @@ def small_cnn() -> nn.Sequential:
         nn.Flatten(), layer_init(nn.Linear(32 * 9 * 9, 256)), nn.ReLU())
 
 
+def scale_frames(x: torch.Tensor) -> torch.Tensor:
+    """uint8 frames -> float in [0, 1]: ``x / 255.0`` to the bit, with one float buffer instead of two."""
+    return x.to(torch.float32, copy=True).div_(255.0)  # copy: never scale a float input in place
+
+
 class Agent(nn.Module):
     """The teacher: a shared Nature CNN with a policy head (logits) and a value head."""
 
@@ -196,7 +202,7 @@ class Agent(nn.Module):
         self.critic = layer_init(nn.Linear(512, 1), std=1)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(x / 255.0)
+        return self.network(scale_frames(x))
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(self.hidden(x))
@@ -224,7 +230,7 @@ class StudentPolicy(nn.Module):
         self.actor = layer_init(nn.Linear(512 if arch == "nature" else 256, num_actions), std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.actor(self.network(x / 255.0))
+        return self.actor(self.network(scale_frames(x)))
 
 
 def make_students(args: Args, num_actions: int, device: torch.device, lr_lambda) -> Students:
@@ -362,6 +368,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     validate_args(args)
     game = parse_env_id(args.env_id)
     device = resolve_device(args.device)  # before the run folder exists: a bad --device leaves nothing behind
+    keep_freed_memory()
     if checkpoint is not None:
         saved = checkpoint["config"]
         require(parse_env_id(saved["env_id"]).rom == game.rom,
@@ -553,7 +560,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
 
 
 @torch.no_grad()
-def teacher_targets(agent: Agent, observations: torch.Tensor, autocast, chunk: int = 1024) -> torch.Tensor:
+def teacher_targets(agent: Agent, observations: torch.Tensor, autocast, chunk: int = 256) -> torch.Tensor:
     """The teacher's policy logits on cached states, computed once per update without autograd."""
     with torch.inference_mode(), autocast():
         return torch.cat([agent.policy_logits(observations[i:i + chunk]).float()
@@ -591,13 +598,9 @@ def student_phase(agent: Agent, students: Students, cache: ObservationCache, arg
 def configure_parser(parser: argparse.ArgumentParser, command: str = "train") -> None:
     parser.description = ("Train a PPO teacher with LoT students on an Atari game. Without options: LoT with "
                           "the paper's settings on Breakout.")
-    parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="paper: the LoT reference's settings (the defaults); ppo: CleanRL's PPO, teacher only")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="YAML or TOML file of options (the command line wins)")
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                        help="continue the run saved in RUN_DIR (or a checkpoint file); options given here override")
-    cfg_lib.add_options(parser, Args, OPTION_GROUPS)
+    cfg_lib.add_run_options(parser, Args, PRESETS, group_of=OPTION_GROUPS,
+                            preset_help="paper: the LoT reference's settings (the defaults); ppo: CleanRL's PPO, "
+                                        "teacher only")
 
 
 

@@ -80,6 +80,17 @@ def add_options(parser: argparse.ArgumentParser, cls, group_of: dict[str, str] |
         target.add_argument(_flag(f.name), help=help_text.replace("%", "%%"), **kwargs)
 
 
+def add_run_options(parser: argparse.ArgumentParser, cls, presets: dict[str, dict[str, Any]], preset_help: str,
+                    group_of: dict[str, str] | None = None) -> None:
+    """A training command's options: ``--preset``, ``--config``, ``--resume`` and one per field of ``cls``."""
+    parser.add_argument("--preset", choices=list(presets), default=None, help=preset_help)
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="YAML or TOML file of options (the command line wins)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="continue the run saved in RUN_DIR (or a checkpoint file); options given here override")
+    add_options(parser, cls, group_of)
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Options from a YAML (.yaml/.yml) or TOML (.toml) file; keys in snake_case or kebab-case."""
     path = Path(path)

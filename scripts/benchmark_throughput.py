@@ -2,47 +2,60 @@
 
 Reports, for the same game and PPO hyperparameters (8 envs x 128 steps, 4 epochs x 4 minibatches):
 
-- env steps/s of our teacher-only PPO (fp32, bf16 autocast, bf16 + channels-last);
-- env steps/s of SB3 PPO (``make_atari_env`` + ``VecFrameStack``; the peer users know);
+- env steps/s of our teacher-only PPO: in CleanRL's configuration (gymnasium wrappers in a SyncVectorEnv,
+  NCHW, fp32: the same computation as CleanRL's ``ppo_atari.py``, a same-machine stand-in for it); with
+  ale-py's native vector env; with channels-last (our default); with bf16 autocast (only where the CPU
+  has bf16 kernels, or with ``--force-bf16``);
+- env steps/s of SB3 PPO with the same hyperparameters (``make_atari_env`` + ``VecFrameStack``);
 - seconds per update of LoT at the paper's settings (N 5, obs_num 10) once the student cache is full,
-  split into the teacher phase (rollout + PPO) and the student phase, in fp32 and bf16.
+  split into the teacher phase (rollout + PPO with the penalty) and the student phase;
+- on that same full cache, the student phase done the LoT reference's way (the teacher run with autograd
+  for every student minibatch) beside ours (the teacher's targets once per update, under inference mode):
+  the same math, timed side by side.
 
-Steps/s are measured between the first and the last logged update (start-up excluded). Figures for the
-LoT reference (48 s per update) and CleanRL's ppo_atari.py (227 env steps/s) were measured on this
-machine with their own code (see ../shared/reference-notes.md); they are printed as the baselines.
+Steps/s are measured between the first and the last logged update (start-up excluded). CleanRL's
+``ppo_atari.py`` (227 env steps/s) and the LoT reference (48 s per update) were measured with their own code
+on an AVX-512 machine of this project (../shared/reference-notes.md); they are printed for scale only, as
+they come from another CPU. Ratios to SB3 and to the reference-style student phase are measured here.
 
-    python scripts/benchmark_throughput.py            # about 15 minutes on 2 cores
-    python scripts/benchmark_throughput.py --quick    # fewer updates, LoT with a cache of 3
+    python scripts/benchmark_throughput.py            # about 20 minutes on 2 cores
+    python scripts/benchmark_throughput.py --quick    # 3 updates, LoT with a cache of 3 rollouts
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
+import os
+import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+import lot_rl.agents.ppo_lot_atari as agent_module
 from lot_rl.agents.ppo_lot_atari import Args, train
 from lot_rl.runlog import read_metrics
+from lot_rl.runtime import cpu_has_bf16_kernels
 
-CLEANRL_SPS = 227.0  # CleanRL ppo_atari.py on this machine (reference-notes.md)
-REFERENCE_LOT_SECONDS = 48.0  # the LoT reference at the paper's settings, cache full (reference-notes.md)
+CLEANRL_SPS = 227.0  # CleanRL ppo_atari.py, AVX-512 machine (reference-notes.md)
+REFERENCE_LOT_SECONDS = 48.0  # the LoT reference at the paper's settings, cache full, same machine
 
 
 def update_rows(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir) if "charts/SPS" in r]
 
 
-def ours_sps(env_id: str, updates: int, root: Path, **overrides) -> float:
+def ours_sps(env_id: str, updates: int, root: Path, precision: str, channels_last: bool,
+             backend: str = "ale") -> float:
     args = Args(env_id=env_id, total_timesteps=1024 * (updates + 1), alpha=0.0, num_students=0,
                 student_steps_ratio=0, lr_schedule="linear", run_dir=str(root), save_every=10**6,
-                run_name=f"ppo-{overrides.get('precision', 'fp32')}-{overrides.get('channels_last', False)}",
-                **overrides)
-    run_dir = train(args)
-    rows = update_rows(run_dir)
+                run_name=f"ppo-{precision}-cl{int(channels_last)}-{backend}", precision=precision,
+                channels_last=channels_last, env_backend=backend)
+    rows = update_rows(train(args))
     return (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["time"] - rows[0]["time"])
 
 
@@ -62,42 +75,70 @@ def sb3_sps(env_id: str, updates: int) -> float:
     return 1024 * updates / elapsed
 
 
-def lot_seconds_per_update(env_id: str, obs_num: int, root: Path, **overrides) -> dict[str, float]:
-    """Time of the update after the cache is full, and its split (teacher phase vs student phase)."""
-    updates = obs_num + 1
-    args = Args(env_id=env_id, total_timesteps=1024 * updates, obs_num=obs_num, student_steps_ratio=5,
-                run_dir=str(root), save_every=10**6,
-                run_name=f"lot-{obs_num}-{overrides.get('precision', 'fp32')}", **overrides)
-    phases = _PhaseTimer()
-    with phases:
-        train(args)
-    rows = update_rows(root / args.run_name)
-    total = rows[-1]["time"] - rows[-2]["time"]
-    student = phases.last_student_phase
-    return {"total": total, "student": student, "teacher": total - student}
-
-
-class _PhaseTimer:
-    """Times the student phase by wrapping the agent module's ``student_phase`` for the run."""
+class _StudentPhaseSpy:
+    """Wraps the agent module's ``student_phase`` for one run: times it, keeps the last call's inputs."""
 
     def __enter__(self):
-        import lot_rl.agents.ppo_lot_atari as agent_module
-
-        self._module, self._original = agent_module, agent_module.student_phase
-        self.last_student_phase = float("nan")
+        self._original = agent_module.student_phase
+        self.seconds, self.last_call = float("nan"), None
 
         def timed(*a, **k):
             start = time.perf_counter()
             out = self._original(*a, **k)
-            self.last_student_phase = time.perf_counter() - start
+            self.seconds = time.perf_counter() - start
+            self.last_call = a
             return out
 
         agent_module.student_phase = timed
         return self
 
     def __exit__(self, *exc):
-        self._module.student_phase = self._original
+        agent_module.student_phase = self._original
         return False
+
+
+def reference_style_student_phase(agent, students, cache, args, autocast) -> None:
+    """The reference's student phase: the teacher's logits recomputed with autograd for every minibatch."""
+    for _ in range(args.student_steps_ratio):
+        for entry in cache.entries():
+            inds = torch.randperm(entry.shape[0], device=entry.device)
+            size = entry.shape[0] // args.num_minibatches
+            for start in range(0, size * args.num_minibatches, size):
+                mb_obs = entry[inds[start:start + size]]
+                if args.channels_last:
+                    mb_obs = mb_obs.contiguous(memory_format=torch.channels_last)
+                with autocast():
+                    teacher_logits = agent.policy_logits(mb_obs)  # with autograd, as the reference
+                students.imitate(mb_obs, teacher_logits.detach().float(), autocast=autocast)
+
+
+def lot_update(env_id: str, obs_num: int, root: Path, precision: str) -> dict[str, float]:
+    """LoT at the paper's settings: the update once the cache is full, and its student phase two ways."""
+    args = Args(env_id=env_id, total_timesteps=1024 * (obs_num + 1), obs_num=obs_num, student_steps_ratio=5,
+                run_dir=str(root), save_every=10**6, run_name=f"lot-{obs_num}-{precision}",
+                precision=precision, channels_last=True)
+    with _StudentPhaseSpy() as spy:
+        train(args)
+    rows = update_rows(root / args.run_name)
+    total = rows[-1]["time"] - rows[-2]["time"]
+    agent, students, cache, run_args, autocast = spy.last_call
+    students = copy.deepcopy(students)  # the timing run must not be the students of record
+    ours_start = time.perf_counter()
+    spy._original(agent, students, cache, run_args, autocast)
+    ours = time.perf_counter() - ours_start
+    ref_start = time.perf_counter()
+    reference_style_student_phase(agent, students, cache, run_args, autocast)
+    reference_style = time.perf_counter() - ref_start
+    # The reference's layout too (NCHW, the PyTorch default), on copies of the networks
+    nchw_args = dataclasses.replace(run_args, channels_last=False)
+    nchw_agent = copy.deepcopy(agent).to(memory_format=torch.contiguous_format)
+    students.to(memory_format=torch.contiguous_format)
+    ref_start = time.perf_counter()
+    reference_style_student_phase(nchw_agent, students, cache, nchw_args, autocast)
+    reference_style_nchw = time.perf_counter() - ref_start
+    return {"total": total, "student": spy.seconds, "teacher": total - spy.seconds,
+            "student_ours_again": ours, "student_reference_style": reference_style,
+            "student_reference_style_nchw": reference_style_nchw}
 
 
 def main() -> None:
@@ -105,41 +146,64 @@ def main() -> None:
     parser.add_argument("--env-id", default="BreakoutNoFrameskip-v4")
     parser.add_argument("--updates", type=int, default=6, help="measured PPO updates per configuration")
     parser.add_argument("--quick", action="store_true", help="3 updates, LoT cache of 3 rollouts")
+    parser.add_argument("--parts", nargs="*", default=["ppo", "sb3", "lot"], choices=["ppo", "sb3", "lot"])
+    parser.add_argument("--force-bf16", action="store_true",
+                        help="also run bf16 on a CPU without bf16 kernels (emulated: very slow)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     opts = parser.parse_args()
     updates = 3 if opts.quick else opts.updates
     obs_num = 3 if opts.quick else 10
+    bf16 = cpu_has_bf16_kernels() or torch.cuda.is_available() or opts.force_bf16
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{opts.env_id}; {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"bf16 kernels: {cpu_has_bf16_kernels()}; load average at start {load:.2f}; "
+          f"{updates} measured updates; LoT cache {obs_num} rollouts\n", flush=True)
+
     results: dict[str, float] = {}
+
+    def row(name: str, value: float, unit: str, *ratios: str) -> None:
+        cells = " | ".join(ratios) if ratios else ""
+        print(f"| {name} | {value:,.1f} {unit} | {cells} |", flush=True)
+
+    print("| configuration | figure | ratio |\n| --- | --- | --- |", flush=True)
+    row("CleanRL ppo_atari.py (notes; AVX-512 machine)", CLEANRL_SPS, "steps/s", "for scale")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        results["ours_fp32_sps"] = ours_sps(opts.env_id, updates, root)
-        results["ours_bf16_sps"] = ours_sps(opts.env_id, updates, root, precision="bf16")
-        results["ours_bf16_cl_sps"] = ours_sps(opts.env_id, updates, root, precision="bf16", channels_last=True)
-        results["sb3_sps"] = sb3_sps(opts.env_id, updates)
-        for precision in ("fp32", "bf16"):
-            lot = lot_seconds_per_update(opts.env_id, obs_num, root, precision=precision)
-            for part, value in lot.items():
-                results[f"lot_{precision}_{part}_s"] = value
-
-    def row(name: str, value: float, unit: str, versus: str = "", versus_sb3: str = "") -> None:
-        print(f"| {name} | {value:,.1f} {unit} | {versus} | {versus_sb3} |")
-
-    print(f"\n{opts.env_id}, {torch.get_num_threads()} torch threads, updates measured: {updates}, "
-          f"LoT cache: {obs_num} rollouts\n")
-    print("| configuration | figure | vs baseline | vs SB3 |\n| --- | --- | --- | --- |")
-    row("CleanRL ppo_atari.py (notes, fp32)", CLEANRL_SPS, "steps/s", "baseline")
-    row("SB3 PPO, same hyperparameters (fp32)", results["sb3_sps"], "steps/s",
-        f"{results['sb3_sps'] / CLEANRL_SPS:.2f}x CleanRL", "1.00x")
-    for key, label in (("ours_fp32_sps", "lot_rl PPO fp32"), ("ours_bf16_sps", "lot_rl PPO bf16"),
-                       ("ours_bf16_cl_sps", "lot_rl PPO bf16 + channels-last")):
-        row(label, results[key], "steps/s", f"{results[key] / CLEANRL_SPS:.2f}x CleanRL",
-            f"{results[key] / results['sb3_sps']:.2f}x")
-    row("LoT reference, paper settings (notes, fp32)", REFERENCE_LOT_SECONDS, "s/update", "baseline")
-    for precision in ("fp32", "bf16"):
-        total = results[f"lot_{precision}_total_s"]
-        row(f"lot_rl LoT {precision}: teacher {results[f'lot_{precision}_teacher_s']:.1f} s + students "
-            f"{results[f'lot_{precision}_student_s']:.1f} s", total, "s/update",
-            f"{REFERENCE_LOT_SECONDS / total:.2f}x faster than the reference")
+        if "sb3" in opts.parts:
+            results["sb3_sps"] = sb3_sps(opts.env_id, updates)
+            row("SB3 PPO, same hyperparameters, fp32", results["sb3_sps"], "steps/s", "1.00x SB3")
+        if "ppo" in opts.parts:
+            # CleanRL's own configuration first: gymnasium wrappers in a SyncVectorEnv, NCHW, fp32
+            configs = [("fp32", False, "gymnasium"), ("fp32", False, "ale"), ("fp32", True, "ale")]
+            configs += [("bf16", True, "ale")] if bf16 else []
+            for precision, channels_last, backend in configs:
+                key = f"ours_{precision}{'_cl' if channels_last else ''}_{backend}_sps"
+                results[key] = ours_sps(opts.env_id, updates, root, precision, channels_last, backend)
+                first = results["ours_fp32_gymnasium_sps"]
+                ratios = [f"{results[key] / first:.2f}x CleanRL's configuration"]
+                ratios += [f"{results[key] / results['sb3_sps']:.2f}x SB3"] if "sb3_sps" in results else []
+                name = (f"lot_rl PPO {precision}, {'channels-last' if channels_last else 'NCHW'}, "
+                        f"{'gymnasium wrappers (CleanRL configuration)' if backend == 'gymnasium' else 'native ALE'}")
+                row(name, results[key], "steps/s", *ratios)
+        if "lot" in opts.parts:
+            row("LoT reference, paper settings (notes; AVX-512 machine)", REFERENCE_LOT_SECONDS, "s/update",
+                "for scale")
+            for precision in ["fp32"] + (["bf16"] if bf16 else []):
+                lot = lot_update(opts.env_id, obs_num, root, precision)
+                for part, value in lot.items():
+                    results[f"lot_{precision}_{part}_s"] = value
+                row(f"lot_rl LoT {precision} channels-last, N 5, obs_num {obs_num}: teacher phase "
+                    f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s", lot["total"], "s/update",
+                    f"{REFERENCE_LOT_SECONDS / lot['total']:.2f}x faster than the reference's figure")
+                row(f"student phase, teacher targets once per update (ours), {precision}",
+                    lot["student_ours_again"], "s", "1.00x")
+                row(f"student phase, teacher re-run with autograd per minibatch (reference's way), {precision}",
+                    lot["student_reference_style"], "s",
+                    f"{lot['student_reference_style'] / lot['student_ours_again']:.2f}x ours")
+                row(f"student phase, the reference's way and layout (NCHW), {precision}",
+                    lot["student_reference_style_nchw"], "s",
+                    f"{lot['student_reference_style_nchw'] / lot['student_ours_again']:.2f}x ours")
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))
 

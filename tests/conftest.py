@@ -8,6 +8,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture
+def one_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): one thread is
+    faster for them, and far faster when other jobs share the 2 cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def tiny_args(tmp_path):
     """Options for a real but tiny Atari run (2 envs x 32 steps per update)."""
     from lot_rl.agents.ppo_lot_atari import Args

@@ -19,13 +19,7 @@ from lot_rl.supervised.models import PreResNet
 from lot_rl.supervised.training import LoTSettings, LoTSupervisedTrainer, teacher_task_loss
 from test_supervised_data import write_cifar10
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and far faster when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest.py)
 
 
 # ---------------------------------------------------------------------------------------------------- model

@@ -20,13 +20,7 @@ from lot_rl.supervised.training import LoTSettings, LoTSupervisedTrainer
 from test_supervised_data import write_ptb
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and far faster when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest.py)
 
 
 # ---------------------------------------------------------------------------------------------------- models

@@ -41,3 +41,14 @@ def test_bf16_on_a_cpu_without_bf16_kernels_warns_and_names_the_fix(monkeypatch)
         warnings.simplefilter("error")
         runtime.autocast_for(torch.device("cpu"), "bf16")
         runtime.autocast_for(torch.device("cpu"), "fp32")
+
+
+def test_keep_freed_memory_can_be_turned_off(monkeypatch):
+    runtime.keep_freed_memory.cache_clear()
+    monkeypatch.setenv("LOT_RL_KEEP_FREED_MEMORY", "0")
+    assert runtime.keep_freed_memory() is False
+    runtime.keep_freed_memory.cache_clear()
+    monkeypatch.delenv("LOT_RL_KEEP_FREED_MEMORY")
+    import sys
+    expected = sys.platform.startswith("linux")  # glibc accepts both settings
+    assert runtime.keep_freed_memory() is expected

@@ -24,13 +24,7 @@ from lot_rl.regularizer import student_loss, teachability_kl  # noqa: E402
 from lot_rl.sb3 import LoTCallback, companion_path  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny networks: torch's thread pool only adds contention on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest.py)
 
 
 def cartpole(n_envs: int = 2, seed: int = 0):

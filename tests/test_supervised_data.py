@@ -13,13 +13,7 @@ from lot_rl.errors import LoTUserError
 from lot_rl.supervised import data as D
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster, and far faster when other jobs share the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest.py)
 
 
 def cifar_rows(n: int, seed: int) -> tuple[np.ndarray, list[int]]:

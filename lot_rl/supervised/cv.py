@@ -259,14 +259,9 @@ def train_cv(args: CVArgs, resume: str | Path | None = None, max_steps: int | No
 def configure_parser(parser: argparse.ArgumentParser, command: str = "cv") -> None:
     parser.description = ("Image classification with LoT: a PreResNet teacher regularized by students that "
                           "imitate it. Without options: LoT on the built-in digits (minutes on a CPU).")
-    parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="cifar10/cifar (alias)/cifar100: the reference's settings with lr 0.1; digits: the "
-                             "defaults")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="YAML or TOML file of options (the command line wins)")
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                        help="continue the run saved in RUN_DIR (or a checkpoint file); options given here override")
-    cfg_lib.add_options(parser, CVArgs, OPTION_GROUPS)
+    cfg_lib.add_run_options(parser, CVArgs, PRESETS, group_of=OPTION_GROUPS,
+                            preset_help="cifar10/cifar (alias)/cifar100: the reference's settings with lr 0.1; "
+                                        "digits: the defaults")
 
 
 def run_command(ns: argparse.Namespace, command: str = "cv") -> int:

@@ -254,14 +254,9 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "lm") -> No
     parser.description = ("Language modeling with LoT: an LSTM or Transformer teacher regularized by students "
                           "that imitate its next-token distributions. Without options: LoT with a small LSTM "
                           "on the built-in Python-docs corpus (minutes on a CPU).")
-    parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="ptb-lstm, ptb-transformer, wt103-transformer: the reference's LoT settings; "
-                             "pydoc: the defaults")
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="YAML or TOML file of options (the command line wins)")
-    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
-                        help="continue the run saved in RUN_DIR (or a checkpoint file); options given here override")
-    cfg_lib.add_options(parser, LMArgs, OPTION_GROUPS)
+    cfg_lib.add_run_options(parser, LMArgs, PRESETS, group_of=OPTION_GROUPS,
+                            preset_help="ptb-lstm, ptb-transformer, wt103-transformer: the reference's LoT settings; "
+                                        "pydoc: the defaults")
 
 
 def run_command(ns: argparse.Namespace, command: str = "lm") -> int:

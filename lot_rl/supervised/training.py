@@ -36,7 +36,7 @@ from lot_rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_
 from lot_rl.errors import require
 from lot_rl.regularizer import STUDENT_LOSSES, Students, student_loss, validate_lot_options
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
-from lot_rl.runtime import autocast_for
+from lot_rl.runtime import autocast_for, keep_freed_memory
 
 BEST_NAME = "best.pt"
 SUMMARY_NAME = "summary.json"
@@ -64,7 +64,8 @@ class CommonArgs:
     data_dir: str = cfg_lib.option("data", "folder holding the data set files")
     threads: int = cfg_lib.option(0, "torch CPU threads (0: torch's default; 1 is fastest for the small default "
                                      "models on a busy machine)")
-    precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on AVX2-only CPUs)",
+    precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on "
+                                    "AVX2-only CPUs)",
                                     choices=("fp32", "bf16"))
     # --- LoT
     alpha: float = cfg_lib.option(0.5, "weight of the teacher's teachability penalty (0: off)")
@@ -347,6 +348,7 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
     split. ``max_steps`` stops this call after that many teacher steps with a checkpoint (resuming continues
     the same run exactly); so does a first Ctrl-C.
     """
+    keep_freed_memory()
     ratio = args.student_steps_ratio if len(trainer.students) else 0
     epoch, step_in_epoch, global_step, sums = 1, 0, 0, {}
     best = {"epoch": 0, "value": None, "metrics": {}}
