@@ -9,27 +9,31 @@ Reports, for the same game and PPO hyperparameters (8 envs x 128 steps, 4 epochs
 - env steps/s of SB3 PPO with the same hyperparameters (``make_atari_env`` + ``VecFrameStack``);
 - seconds per update of LoT at the paper's settings (N 5, obs_num 10) once the student cache is full,
   split into the teacher phase (rollout + PPO with the penalty) and the student phase;
-- on that same full cache, the student phase done the LoT reference's way (the teacher run with autograd
-  for every student minibatch) beside ours (the teacher's targets once per update, under inference mode):
-  the same math, timed side by side.
+- one student phase on a full cache (obs_num rollouts) done our way (the teacher's targets once per update
+  under inference mode, channels-last) beside the LoT reference's way (the teacher re-run with autograd for
+  every student minibatch, NCHW): the same math, timed side by side.
+
+Every configuration runs in its own fresh process (so that allocator settings, thread pools and caches of
+one do not help or hurt the next); the CleanRL configuration and the reference-style phase run with the
+C library's default allocator settings (``LOT_RL_KEEP_FREED_MEMORY=0``), as their own code would.
 
 Steps/s are measured between the first and the last logged update (start-up excluded). CleanRL's
 ``ppo_atari.py`` (227 env steps/s) and the LoT reference (48 s per update) were measured with their own code
 on an AVX-512 machine of this project (../shared/reference-notes.md); they are printed for scale only, as
 they come from another CPU. Ratios to SB3 and to the reference-style student phase are measured here.
 
-    python scripts/benchmark_throughput.py            # about 20 minutes on 2 cores
+    python scripts/benchmark_throughput.py            # about 15 minutes on 2 cores
     python scripts/benchmark_throughput.py --quick    # 3 updates, LoT with a cache of 3 rollouts
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,9 +41,10 @@ from pathlib import Path
 import torch
 
 import lot_rl.agents.ppo_lot_atari as agent_module
-from lot_rl.agents.ppo_lot_atari import Args, train
+from lot_rl.agents.ppo_lot_atari import Agent, Args, make_students, lr_factor, train
+from lot_rl.regularizer import ObservationCache
 from lot_rl.runlog import read_metrics
-from lot_rl.runtime import cpu_has_bf16_kernels
+from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory
 
 CLEANRL_SPS = 227.0  # CleanRL ppo_atari.py, AVX-512 machine (reference-notes.md)
 REFERENCE_LOT_SECONDS = 48.0  # the LoT reference at the paper's settings, cache full, same machine
@@ -49,12 +54,14 @@ def update_rows(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir) if "charts/SPS" in r]
 
 
-def ours_sps(env_id: str, updates: int, root: Path, precision: str, channels_last: bool,
-             backend: str = "ale") -> float:
+# ----------------------------------------------------------------------------------------------------
+# One measurement each, run in a child process (see ``measure``)
+
+
+def ppo_sps(env_id: str, updates: int, root: Path, precision: str, channels_last: bool, backend: str) -> float:
     args = Args(env_id=env_id, total_timesteps=1024 * (updates + 1), alpha=0.0, num_students=0,
-                student_steps_ratio=0, lr_schedule="linear", run_dir=str(root), save_every=10**6,
-                run_name=f"ppo-{precision}-cl{int(channels_last)}-{backend}", precision=precision,
-                channels_last=channels_last, env_backend=backend)
+                student_steps_ratio=0, lr_schedule="linear", run_dir=str(root), save_every=10**6, run_name="ppo",
+                precision=precision, channels_last=channels_last, env_backend=backend)
     rows = update_rows(train(args))
     return (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["time"] - rows[0]["time"])
 
@@ -75,18 +82,17 @@ def sb3_sps(env_id: str, updates: int) -> float:
     return 1024 * updates / elapsed
 
 
-class _StudentPhaseSpy:
-    """Wraps the agent module's ``student_phase`` for one run: times it, keeps the last call's inputs."""
+class _StudentPhaseTimer:
+    """Times the agent module's ``student_phase`` during one run (the last call wins)."""
 
     def __enter__(self):
         self._original = agent_module.student_phase
-        self.seconds, self.last_call = float("nan"), None
+        self.seconds = float("nan")
 
         def timed(*a, **k):
             start = time.perf_counter()
             out = self._original(*a, **k)
             self.seconds = time.perf_counter() - start
-            self.last_call = a
             return out
 
         agent_module.student_phase = timed
@@ -95,6 +101,17 @@ class _StudentPhaseSpy:
     def __exit__(self, *exc):
         agent_module.student_phase = self._original
         return False
+
+
+def lot_update(env_id: str, obs_num: int, root: Path, precision: str) -> dict[str, float]:
+    """LoT at the paper's settings, our defaults: the update once the cache is full, split in two phases."""
+    args = Args(env_id=env_id, total_timesteps=1024 * (obs_num + 1), obs_num=obs_num, student_steps_ratio=5,
+                run_dir=str(root), save_every=10**6, run_name="lot", precision=precision)
+    with _StudentPhaseTimer() as timer:
+        train(args)
+    rows = update_rows(root / "lot")
+    total = rows[-1]["time"] - rows[-2]["time"]
+    return {"total": total, "student": timer.seconds, "teacher": total - timer.seconds}
 
 
 def reference_style_student_phase(agent, students, cache, args, autocast) -> None:
@@ -112,33 +129,58 @@ def reference_style_student_phase(agent, students, cache, args, autocast) -> Non
                 students.imitate(mb_obs, teacher_logits.detach().float(), autocast=autocast)
 
 
-def lot_update(env_id: str, obs_num: int, root: Path, precision: str) -> dict[str, float]:
-    """LoT at the paper's settings: the update once the cache is full, and its student phase two ways."""
-    args = Args(env_id=env_id, total_timesteps=1024 * (obs_num + 1), obs_num=obs_num, student_steps_ratio=5,
-                run_dir=str(root), save_every=10**6, run_name=f"lot-{obs_num}-{precision}",
-                precision=precision, channels_last=True)
-    with _StudentPhaseSpy() as spy:
-        train(args)
-    rows = update_rows(root / args.run_name)
-    total = rows[-1]["time"] - rows[-2]["time"]
-    agent, students, cache, run_args, autocast = spy.last_call
-    students = copy.deepcopy(students)  # the timing run must not be the students of record
-    ours_start = time.perf_counter()
-    spy._original(agent, students, cache, run_args, autocast)
-    ours = time.perf_counter() - ours_start
-    ref_start = time.perf_counter()
-    reference_style_student_phase(agent, students, cache, run_args, autocast)
-    reference_style = time.perf_counter() - ref_start
-    # The reference's layout too (NCHW, the PyTorch default), on copies of the networks
-    nchw_args = dataclasses.replace(run_args, channels_last=False)
-    nchw_agent = copy.deepcopy(agent).to(memory_format=torch.contiguous_format)
-    students.to(memory_format=torch.contiguous_format)
-    ref_start = time.perf_counter()
-    reference_style_student_phase(nchw_agent, students, cache, nchw_args, autocast)
-    reference_style_nchw = time.perf_counter() - ref_start
-    return {"total": total, "student": spy.seconds, "teacher": total - spy.seconds,
-            "student_ours_again": ours, "student_reference_style": reference_style,
-            "student_reference_style_nchw": reference_style_nchw}
+def student_phase_seconds(obs_num: int, precision: str, style: str, channels_last: bool) -> float:
+    """One student phase (N 5) on a full cache of ``obs_num`` rollouts of frames, after a warm-up phase.
+
+    The frames are random: the cost of a phase does not depend on what the frames show.
+    """
+    torch.manual_seed(0)
+    args = Args(obs_num=obs_num, student_steps_ratio=5, precision=precision, channels_last=channels_last)
+    device = torch.device("cpu")
+    agent = Agent(4)
+    if channels_last:
+        agent = agent.to(memory_format=torch.channels_last)
+    students = make_students(args, 4, device, lr_factor(args))
+    autocast = autocast_for(device, precision)
+    phase = agent_module.student_phase if style == "ours" else reference_style_student_phase
+
+    def full_cache(rollouts: int) -> ObservationCache:
+        cache = ObservationCache(rollouts)
+        for _ in range(rollouts):
+            frames = torch.randint(0, 256, (1024, 4, 84, 84), dtype=torch.uint8)
+            cache.append(frames.contiguous(memory_format=torch.channels_last) if channels_last else frames)
+        return cache
+
+    phase(agent, students, full_cache(1), args, autocast)  # warm-up
+    cache = full_cache(obs_num)
+    start = time.perf_counter()
+    phase(agent, students, cache, args, autocast)
+    return time.perf_counter() - start
+
+
+def measure(spec: dict) -> dict:
+    """Run one measurement described by ``spec`` (in this process) and return its figures."""
+    kind = spec["kind"]
+    if kind == "sb3":
+        return {"sps": sb3_sps(spec["env_id"], spec["updates"])}
+    if kind == "phase":
+        return {"seconds": student_phase_seconds(spec["obs_num"], spec["precision"], spec["style"],
+                                                 spec["channels_last"])}
+    with tempfile.TemporaryDirectory() as tmp:
+        if kind == "ppo":
+            return {"sps": ppo_sps(spec["env_id"], spec["updates"], Path(tmp), spec["precision"],
+                                   spec["channels_last"], spec["backend"])}
+        return lot_update(spec["env_id"], spec["obs_num"], Path(tmp), spec["precision"])
+
+
+def measure_in_child(spec: dict, keep_memory: bool = True) -> dict:
+    env = {**os.environ, "LOT_RL_KEEP_FREED_MEMORY": "1" if keep_memory else "0"}
+    done = subprocess.run([sys.executable, __file__, "--measure", json.dumps(spec)], env=env, text=True,
+                          stdout=subprocess.PIPE, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------------
 
 
 def main() -> None:
@@ -146,14 +188,22 @@ def main() -> None:
     parser.add_argument("--env-id", default="BreakoutNoFrameskip-v4")
     parser.add_argument("--updates", type=int, default=6, help="measured PPO updates per configuration")
     parser.add_argument("--quick", action="store_true", help="3 updates, LoT cache of 3 rollouts")
-    parser.add_argument("--parts", nargs="*", default=["ppo", "sb3", "lot"], choices=["ppo", "sb3", "lot"])
+    parser.add_argument("--parts", nargs="*", default=["sb3", "ppo", "lot", "phase"],
+                        choices=["sb3", "ppo", "lot", "phase"])
     parser.add_argument("--force-bf16", action="store_true",
                         help="also run bf16 on a CPU without bf16 kernels (emulated: very slow)")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: one child measurement
     opts = parser.parse_args()
+    if opts.measure:
+        keep_freed_memory()  # what lot-rl's training functions do (unless LOT_RL_KEEP_FREED_MEMORY=0)
+        print(json.dumps(measure(json.loads(opts.measure))))
+        return
+
     updates = 3 if opts.quick else opts.updates
     obs_num = 3 if opts.quick else 10
     bf16 = cpu_has_bf16_kernels() or torch.cuda.is_available() or opts.force_bf16
+    precisions = ["fp32"] + (["bf16"] if bf16 else [])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{opts.env_id}; {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
@@ -161,49 +211,51 @@ def main() -> None:
           f"{updates} measured updates; LoT cache {obs_num} rollouts\n", flush=True)
 
     results: dict[str, float] = {}
+    common = {"env_id": opts.env_id, "updates": updates, "obs_num": obs_num}
 
     def row(name: str, value: float, unit: str, *ratios: str) -> None:
-        cells = " | ".join(ratios) if ratios else ""
-        print(f"| {name} | {value:,.1f} {unit} | {cells} |", flush=True)
+        print(f"| {name} | {value:,.1f} {unit} | {' | '.join(ratios)} |", flush=True)
 
     print("| configuration | figure | ratio |\n| --- | --- | --- |", flush=True)
     row("CleanRL ppo_atari.py (notes; AVX-512 machine)", CLEANRL_SPS, "steps/s", "for scale")
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        if "sb3" in opts.parts:
-            results["sb3_sps"] = sb3_sps(opts.env_id, updates)
-            row("SB3 PPO, same hyperparameters, fp32", results["sb3_sps"], "steps/s", "1.00x SB3")
-        if "ppo" in opts.parts:
-            # CleanRL's own configuration first: gymnasium wrappers in a SyncVectorEnv, NCHW, fp32
-            configs = [("fp32", False, "gymnasium"), ("fp32", False, "ale"), ("fp32", True, "ale")]
-            configs += [("bf16", True, "ale")] if bf16 else []
-            for precision, channels_last, backend in configs:
-                key = f"ours_{precision}{'_cl' if channels_last else ''}_{backend}_sps"
-                results[key] = ours_sps(opts.env_id, updates, root, precision, channels_last, backend)
-                first = results["ours_fp32_gymnasium_sps"]
-                ratios = [f"{results[key] / first:.2f}x CleanRL's configuration"]
-                ratios += [f"{results[key] / results['sb3_sps']:.2f}x SB3"] if "sb3_sps" in results else []
-                name = (f"lot_rl PPO {precision}, {'channels-last' if channels_last else 'NCHW'}, "
-                        f"{'gymnasium wrappers (CleanRL configuration)' if backend == 'gymnasium' else 'native ALE'}")
-                row(name, results[key], "steps/s", *ratios)
-        if "lot" in opts.parts:
-            row("LoT reference, paper settings (notes; AVX-512 machine)", REFERENCE_LOT_SECONDS, "s/update",
-                "for scale")
-            for precision in ["fp32"] + (["bf16"] if bf16 else []):
-                lot = lot_update(opts.env_id, obs_num, root, precision)
-                for part, value in lot.items():
-                    results[f"lot_{precision}_{part}_s"] = value
-                row(f"lot_rl LoT {precision} channels-last, N 5, obs_num {obs_num}: teacher phase "
-                    f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s", lot["total"], "s/update",
-                    f"{REFERENCE_LOT_SECONDS / lot['total']:.2f}x faster than the reference's figure")
-                row(f"student phase, teacher targets once per update (ours), {precision}",
-                    lot["student_ours_again"], "s", "1.00x")
-                row(f"student phase, teacher re-run with autograd per minibatch (reference's way), {precision}",
-                    lot["student_reference_style"], "s",
-                    f"{lot['student_reference_style'] / lot['student_ours_again']:.2f}x ours")
-                row(f"student phase, the reference's way and layout (NCHW), {precision}",
-                    lot["student_reference_style_nchw"], "s",
-                    f"{lot['student_reference_style_nchw'] / lot['student_ours_again']:.2f}x ours")
+    if "sb3" in opts.parts:
+        results["sb3_sps"] = measure_in_child({**common, "kind": "sb3"}, keep_memory=False)["sps"]
+        row("SB3 PPO, same hyperparameters, fp32", results["sb3_sps"], "steps/s", "1.00x SB3")
+    if "ppo" in opts.parts:
+        # CleanRL's configuration first: gymnasium wrappers in a SyncVectorEnv, NCHW, fp32, default allocator
+        configs = [("fp32", False, "gymnasium", False), ("fp32", False, "ale", True), ("fp32", True, "ale", True)]
+        configs += [(p, True, "ale", True) for p in precisions if p != "fp32"]
+        for precision, channels_last, backend, keep_memory in configs:
+            key = f"ppo_{precision}_{'cl' if channels_last else 'nchw'}_{backend}_sps"
+            spec = {**common, "kind": "ppo", "precision": precision, "channels_last": channels_last,
+                    "backend": backend}
+            results[key] = measure_in_child(spec, keep_memory)["sps"]
+            ratios = [f"{results[key] / results['ppo_fp32_nchw_gymnasium_sps']:.2f}x CleanRL's configuration"]
+            ratios += [f"{results[key] / results['sb3_sps']:.2f}x SB3"] if "sb3_sps" in results else []
+            name = (f"lot_rl PPO {precision}, {'channels-last' if channels_last else 'NCHW'}, "
+                    + ("gymnasium wrappers, default allocator (CleanRL's configuration)" if backend == "gymnasium"
+                       else "native ALE"))
+            row(name, results[key], "steps/s", *ratios)
+    if "lot" in opts.parts:
+        row("LoT reference, paper settings (notes; AVX-512 machine)", REFERENCE_LOT_SECONDS, "s/update",
+            "for scale")
+        for precision in precisions:
+            lot = measure_in_child({**common, "kind": "lot", "precision": precision})
+            results.update({f"lot_{precision}_{part}_s": value for part, value in lot.items()})
+            row(f"lot_rl LoT {precision}, N 5, obs_num {obs_num}, once the cache is full: teacher phase "
+                f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s", lot["total"], "s/update",
+                f"{REFERENCE_LOT_SECONDS / lot['total']:.2f}x faster than the reference's figure")
+    if "phase" in opts.parts:
+        for precision in precisions:
+            ours = measure_in_child({**common, "kind": "phase", "precision": precision, "style": "ours",
+                                     "channels_last": True})["seconds"]
+            reference = measure_in_child({**common, "kind": "phase", "precision": precision,
+                                          "style": "reference", "channels_last": False}, keep_memory=False)["seconds"]
+            results[f"phase_{precision}_ours_s"], results[f"phase_{precision}_reference_style_s"] = ours, reference
+            row(f"student phase ({precision}, N 5, {obs_num} rollouts), the reference's way: teacher re-run "
+                f"with autograd per minibatch, NCHW", reference, "s", "1.00x")
+            row(f"student phase ({precision}, same cache), ours: teacher targets once, channels-last", ours, "s",
+                f"{reference / ours:.2f}x faster")
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))
 
