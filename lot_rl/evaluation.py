@@ -38,7 +38,7 @@ import torch
 from lot_rl import stats
 from lot_rl.checkpoint import load_checkpoint
 from lot_rl.errors import LoTUserError, require
-from lot_rl.runlog import progress_bar
+from lot_rl.runlog import ensure_writable_dir, progress_bar
 from lot_rl.runtime import resolve_device
 
 CHECKPOINT_KIND = "atari-ppo-lot"  # the kind written by lot_rl.agents.ppo_lot_atari
@@ -225,18 +225,6 @@ def episode_shares(episodes: int, num_envs: int) -> list[int]:
     """How many games each env plays: a fixed share, so short games are not favoured."""
     envs = min(num_envs, episodes)
     return [episodes // envs + (1 if i < episodes % envs else 0) for i in range(envs)]
-
-
-def _check_writable_dir(path: str | os.PathLike, option: str) -> Path:
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".lot-rl-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise LoTUserError(f"{option}: cannot write to folder {path}: {exc.strerror}") from exc
-    return path
 
 
 def check_writable_file(path: str | os.PathLike, option: str) -> Path:
@@ -462,7 +450,7 @@ def evaluate(checkpoint: str | os.PathLike | dict[str, Any], policy: str | Seque
     names = resolve_policies(ckpt, policy)
     resolved = resolve_settings(ckpt, settings)
     require(video_episodes >= 0, f"--video-episodes must be >= 0, got {video_episodes}")
-    folder = _check_writable_dir(video_dir, "--video") if video_dir is not None else None
+    folder = ensure_writable_dir(video_dir, "--video") if video_dir is not None else None
     if flavours:
         from lot_rl.envs.atari import game_flavours
 

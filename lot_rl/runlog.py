@@ -31,14 +31,20 @@ def make_run_dir(root: str | Path, run_name: str, exist_ok: bool = False) -> Pat
     if not exist_ok and (run_dir / "checkpoint.pt").exists():
         raise LoTUserError(f"run folder {run_dir} already holds a checkpoint; continue it with "
                            f"--resume {run_dir} or choose another --run-name")
+    return ensure_writable_dir(run_dir, "run folder")
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Create folder ``path`` if needed and prove it writable, or raise one line naming ``what`` it is for."""
+    path = Path(path)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".lot-rl-write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise LoTUserError(f"cannot write to run folder {run_dir}: {exc.strerror}") from exc
-    return run_dir
+        raise LoTUserError(f"{what}: cannot write to folder {path}: {exc.strerror}") from exc
+    return path
 
 
 class RunLogger:
