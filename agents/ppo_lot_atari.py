@@ -349,8 +349,6 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
 # Training
 
 
-
-
 def _to_device_obs(x: np.ndarray | torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     t = torch.as_tensor(x, device=device)
     return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 else t
@@ -561,7 +559,10 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
 
 @torch.no_grad()
 def teacher_targets(agent: Agent, observations: torch.Tensor, autocast, chunk: int = 256) -> torch.Tensor:
-    """The teacher's policy logits on cached states, computed once per update without autograd."""
+    """The teacher's policy logits on cached states, computed once per update without autograd.
+
+    Chunks of 256 frames keep every activation under glibc's 32 MB mmap ceiling (see ``keep_freed_memory``).
+    """
     with torch.inference_mode(), autocast():
         return torch.cat([agent.policy_logits(observations[i:i + chunk]).float()
                           for i in range(0, observations.shape[0], chunk)])
@@ -601,7 +602,6 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "train") ->
     cfg_lib.add_run_options(parser, Args, PRESETS, group_of=OPTION_GROUPS,
                             preset_help="paper: the LoT reference's settings (the defaults); ppo: CleanRL's PPO, "
                                         "teacher only")
-
 
 
 def run_command(ns: argparse.Namespace, command: str = "train") -> int:

@@ -66,10 +66,10 @@ def cpu_bf16_lstm_supported() -> bool:
     create a primitive descriptor"; models ask this once and run their LSTMs in fp32 there instead.
     """
     lstm = torch.nn.LSTM(4, 4, batch_first=True)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+    try:  # with autograd on: the first caller may be an evaluation under no_grad or inference mode
+        with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             out, _ = lstm(torch.zeros(1, 2, 4))
-        out.float().sum().backward()
+            out.float().sum().backward()
     except RuntimeError:
         return False
     return True

@@ -1,5 +1,6 @@
 """Devices and precision: lot_rl.runtime."""
 
+import sys
 import warnings
 
 import pytest
@@ -49,6 +50,5 @@ def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     assert runtime.keep_freed_memory() is False
     runtime.keep_freed_memory.cache_clear()
     monkeypatch.delenv("LOT_RL_KEEP_FREED_MEMORY")
-    import sys
     expected = sys.platform.startswith("linux")  # glibc accepts both settings
     assert runtime.keep_freed_memory() is expected

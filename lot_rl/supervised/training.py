@@ -99,8 +99,6 @@ def validate_common(args: CommonArgs) -> None:
             f"--student-weights has {len(args.student_weights)} values for {args.num_students} students")
 
 
-
-
 def seed_everything(seed: int, threads: int = 0) -> None:
     """Seed Python, NumPy and torch; set torch's CPU thread count when ``threads`` > 0."""
     if threads > 0:
@@ -485,7 +483,6 @@ def final_summary(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, r
 
 # ----------------------------------------------------------------------------------------------------
 # Command-line helpers
-
 
 
 def print_summary(summary: dict[str, Any]) -> None:
