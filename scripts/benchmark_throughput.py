@@ -11,7 +11,11 @@ Reports, for the same game and PPO hyperparameters (8 envs x 128 steps, 4 epochs
   split into the teacher phase (rollout + PPO with the penalty) and the student phase;
 - one student phase on a full cache (obs_num rollouts) done our way (the teacher's targets once per update
   under inference mode, channels-last) beside the LoT reference's way (the teacher re-run with autograd for
-  every student minibatch, NCHW): the same math, timed side by side.
+  every student minibatch, NCHW): the same math, timed side by side;
+- the compute floor of a LoT update on this CPU: the floating-point operations of one update at the paper's
+  settings, counted by ``torch.utils.flop_counter`` on the real networks and losses, divided by the rate this
+  CPU reaches on a large matrix multiply (its best case for dense math). No implementation of the same math
+  can do an update faster than that.
 
 Every configuration runs in its own fresh process (so that allocator settings, thread pools and caches of
 one do not help or hurt the next); the CleanRL configuration and the reference-style phase run with the
@@ -22,13 +26,14 @@ Steps/s are measured between the first and the last logged update (start-up excl
 on an AVX-512 machine of this project (../shared/reference-notes.md); they are printed for scale only, as
 they come from another CPU. Ratios to SB3 and to the reference-style student phase are measured here.
 
-    python scripts/benchmark_throughput.py            # about 15 minutes on 2 cores
+    python scripts/benchmark_throughput.py            # about 16 minutes on 2 cores
     python scripts/benchmark_throughput.py --quick    # 3 updates, LoT with a cache of 3 rollouts
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -41,7 +46,8 @@ from pathlib import Path
 import torch
 
 import lot_rl.agents.ppo_lot_atari as agent_module
-from lot_rl.agents.ppo_lot_atari import Agent, Args, make_students, lr_factor, train
+from lot_rl.agents.ppo_lot_atari import (Agent, Args, lot_ppo_loss, lr_factor, make_students, teacher_targets,
+                                         train)
 from lot_rl.regularizer import ObservationCache
 from lot_rl.runlog import read_metrics
 from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory
@@ -158,11 +164,61 @@ def student_phase_seconds(obs_num: int, precision: str, style: str, channels_las
     return time.perf_counter() - start
 
 
+def lot_update_flops(obs_num: int, student_steps_ratio: int = 5) -> dict[str, float]:
+    """Floating-point operations of one LoT update at these settings (cache full), by phase.
+
+    Counted by ``FlopCounterMode`` (matrix multiplies and convolutions, forward and backward) on one minibatch
+    of each kind of work, then multiplied by how often an update does it. Element-wise work (activations,
+    Adam) is left out, so this is a lower bound.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    args = Args(obs_num=obs_num, student_steps_ratio=student_steps_ratio)
+    agent, students = Agent(4), make_students(args, 4, torch.device("cpu"), lr_factor(args))
+    size = args.minibatch_size
+    obs = torch.randint(0, 256, (size, 4, 84, 84), dtype=torch.uint8)
+    actions, zeros = torch.randint(0, 4, (size,)), torch.zeros(size)
+
+    def flops(work) -> float:
+        with FlopCounterMode(display=False) as counter:
+            work()
+        return float(counter.get_total_flops())
+
+    def ppo_minibatch():
+        loss, _ = lot_ppo_loss(agent, students, obs, actions, zeros, torch.randn(size), zeros, zeros, args,
+                               args.alpha)
+        loss.backward()
+
+    targets = teacher_targets(agent, obs, contextlib.nullcontext)
+    per_batch = args.batch_size // size  # minibatches in one rollout
+    teacher = (flops(lambda: agent.get_action_and_value(obs)) * per_batch  # acting during the rollout
+               + flops(ppo_minibatch) * args.update_epochs * args.num_minibatches)
+    student = (flops(lambda: teacher_targets(agent, obs, contextlib.nullcontext)) * per_batch * obs_num
+               + flops(lambda: students.imitate(obs, targets)) * student_steps_ratio * obs_num * args.num_minibatches)
+    return {"teacher": teacher, "student": student, "total": teacher + student}
+
+
+def matmul_flops_per_second(precision: str, n: int = 2048, repeats: int = 20) -> float:
+    """The best rate of an n x n matrix multiply on this CPU: its practical peak for dense math."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
 def measure(spec: dict) -> dict:
     """Run one measurement described by ``spec`` (in this process) and return its figures."""
     kind = spec["kind"]
     if kind == "sb3":
         return {"sps": sb3_sps(spec["env_id"], spec["updates"])}
+    if kind == "floor":
+        return {**lot_update_flops(spec["obs_num"]), "rate": matmul_flops_per_second(spec["precision"])}
     if kind == "phase":
         return {"seconds": student_phase_seconds(spec["obs_num"], spec["precision"], spec["style"],
                                                  spec["channels_last"])}
@@ -188,8 +244,8 @@ def main() -> None:
     parser.add_argument("--env-id", default="BreakoutNoFrameskip-v4")
     parser.add_argument("--updates", type=int, default=6, help="measured PPO updates per configuration")
     parser.add_argument("--quick", action="store_true", help="3 updates, LoT cache of 3 rollouts")
-    parser.add_argument("--parts", nargs="*", default=["sb3", "ppo", "lot", "phase"],
-                        choices=["sb3", "ppo", "lot", "phase"])
+    parser.add_argument("--parts", nargs="*", default=["sb3", "ppo", "lot", "phase", "floor"],
+                        choices=["sb3", "ppo", "lot", "phase", "floor"])
     parser.add_argument("--force-bf16", action="store_true",
                         help="also run bf16 on a CPU without bf16 kernels (emulated: very slow)")
     parser.add_argument("--json", default=None, help="also write the figures here")
@@ -256,6 +312,17 @@ def main() -> None:
                 f"with autograd per minibatch, NCHW", reference, "s", "1.00x")
             row(f"student phase ({precision}, same cache), ours: teacher targets once, channels-last", ours, "s",
                 f"{reference / ours:.2f}x faster")
+    if "floor" in opts.parts:
+        for precision in precisions:
+            floor = measure_in_child({**common, "kind": "floor", "precision": precision})
+            seconds = floor["total"] / floor["rate"]
+            results[f"floor_{precision}_s"], results["lot_update_tflop"] = seconds, floor["total"] / 1e12
+            results[f"matmul_{precision}_gflops"] = floor["rate"] / 1e9
+            measured = results.get(f"lot_{precision}_total_s")
+            row(f"compute floor of a LoT update ({precision}, N 5, obs_num {obs_num}): "
+                f"{floor['total'] / 1e12:.2f} TFLOP (students {floor['student'] / 1e12:.2f}) at this CPU's "
+                f"{floor['rate'] / 1e9:.0f} GFLOP/s matrix-multiply rate", seconds, "s/update",
+                f"the measured update takes {measured / seconds:.2f}x this" if measured else "no LoT row measured")
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=2))
 
