@@ -173,6 +173,7 @@ def test_lm_end_to_end_lstm(tmp_path):
     assert best["vocab"] == task.text.vocab.words
 
 
+@pytest.mark.filterwarnings("ignore:--precision bf16:RuntimeWarning")  # bf16 on purpose; warned on AVX2 CPUs
 def test_lm_transformer_teacher_with_lstm_student_via_cli(tmp_path, capsys):
     write_ptb(tmp_path / "data")
     code = main(["lm", "--dataset", "ptb", "--data-dir", str(tmp_path / "data"), "--model", "transformer",

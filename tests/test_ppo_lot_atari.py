@@ -128,6 +128,7 @@ def _read_tags(run_dir):
     return set(acc.Tags()["scalars"])
 
 
+@pytest.mark.filterwarnings("ignore:--precision bf16:RuntimeWarning")  # bf16 on purpose; warned on AVX2 CPUs
 def test_train_command_end_to_end(tiny_args, tmp_path, capsys):
     code = main(["train", "--total-timesteps", "512", "--num-envs", "2", "--num-steps", "64",
                  "--num-minibatches", "2", "--update-epochs", "1", "--obs-num", "2", "--student-steps-ratio", "1",
