@@ -50,7 +50,7 @@ from lot_rl.agents.ppo_lot_atari import (Agent, Args, lot_ppo_loss, lr_factor, m
                                          train)
 from lot_rl.regularizer import ObservationCache
 from lot_rl.runlog import read_metrics
-from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory
+from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory, resolve_device
 
 CLEANRL_SPS = 227.0  # CleanRL ppo_atari.py, AVX-512 machine (reference-notes.md)
 REFERENCE_LOT_SECONDS = 48.0  # the LoT reference at the paper's settings, cache full, same machine
@@ -200,14 +200,19 @@ def lot_update_flops(obs_num: int, student_steps_ratio: int = 5) -> dict[str, fl
 
 
 def matmul_flops_per_second(precision: str, n: int = 2048, repeats: int = 20) -> float:
-    """The best rate of an n x n matrix multiply on this CPU: its practical peak for dense math."""
+    """The best rate of an n x n matrix multiply on the training device (``--device auto``: a GPU if there is
+    one): its practical peak for dense math."""
+    device = resolve_device("auto")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.mm(a, b)  # warm-up
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
@@ -320,7 +325,7 @@ def main() -> None:
             results[f"matmul_{precision}_gflops"] = floor["rate"] / 1e9
             measured = results.get(f"lot_{precision}_total_s")
             row(f"compute floor of a LoT update ({precision}, N 5, obs_num {obs_num}): "
-                f"{floor['total'] / 1e12:.2f} TFLOP (students {floor['student'] / 1e12:.2f}) at this CPU's "
+                f"{floor['total'] / 1e12:.2f} TFLOP (students {floor['student'] / 1e12:.2f}) at the training device's "
                 f"{floor['rate'] / 1e9:.0f} GFLOP/s matrix-multiply rate", seconds, "s/update",
                 f"the measured update takes {measured / seconds:.2f}x this" if measured else "no LoT row measured")
     if opts.json:
