@@ -1,4 +1,5 @@
-"""Where and how tensors run: the device a ``--device`` option names, and bf16 autocast.
+"""Where and how tensors run: the device a ``--device`` option names, bf16 autocast (and whether this CPU
+has kernels for it), and the allocator setting that CPU training steps need.
 
 Every command (``train``, ``eval``, ``cv``, ``lm``) and the SB3 callback resolve devices here, so that
 ``--device`` means the same everywhere and a missing GPU is one clear error.

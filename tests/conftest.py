@@ -1,4 +1,7 @@
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,3 +33,17 @@ def tiny_args(tmp_path):
         return Args(**values)
 
     return make
+
+
+@pytest.fixture
+def load_script():
+    """Import a file of ``scripts/`` (not a package) as a module: ``load_script("benchmark_reweight")``."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses in the script look their module up here
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,26 +1,12 @@
 """The compute floor in scripts/benchmark_throughput.py counts what the networks really do."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_throughput.py"
 
-
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("benchmark_throughput", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_lot_update_flops_equal_the_count_from_layer_shapes():
-    bench = _benchmark_module()
+def test_lot_update_flops_equal_the_count_from_layer_shapes(load_script):
+    bench = load_script("benchmark_throughput")
     # Nature CNN on one 4x84x84 frame: multiply-adds of each layer (output size x kernel volume)
     conv1 = 20 * 20 * 32 * (8 * 8 * 4)
     trunk = conv1 + 9 * 9 * 64 * (4 * 4 * 32) + 7 * 7 * 64 * (3 * 3 * 64) + 3136 * 512
@@ -39,4 +25,3 @@ def test_lot_update_flops_equal_the_count_from_layer_shapes():
     # student phase: the teacher's targets once per cached frame, then N passes of imitation over the cache
     assert flops["student"] == obs_num * frames * policy_forward + passes * obs_num * frames * student_train
     assert flops["total"] == flops["teacher"] + flops["student"]
-

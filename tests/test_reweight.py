@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +20,6 @@ from lot_rl.supervised.reweight import (DeepReweighter, DeepWeightNet, FeaturePr
                                         normalize_batch_weights, per_sample_cross_entropy, split_meta_set,
                                         student_parameters, validate_reweight_options)
 from lot_rl.supervised.training import teacher_task_loss
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest.py)
 
@@ -498,20 +492,12 @@ def test_fit_adapter_passes_inputs_progress_and_corrupted_mask():
 # End to end: short lot-rl cv runs on noisy digits through training.fit's reweighter hook
 # ------------------------------------------------------------------------------------------------------
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location("benchmark_reweight", ROOT / "scripts" / "benchmark_reweight.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("method, alpha", [("none", 0.0), ("l2rw", 0.0), ("mwnet", 0.0), ("deep", 0.5)])
-def test_end_to_end_cv_on_noisy_digits(method, alpha, tmp_path):
+def test_end_to_end_cv_on_noisy_digits(method, alpha, tmp_path, load_script):
     from lot_rl.runlog import read_metrics
     from lot_rl.supervised.cv import CVArgs
 
-    bench = _benchmark_module()
+    bench = load_script("benchmark_reweight")
     args = CVArgs(dataset="digits", epochs=2, width=8, batch_size=32, val_size=100, device="cpu", seed=1,
                   alpha=alpha, num_students=1 if alpha > 0 else 0, student_steps_ratio=1, run_dir=str(tmp_path),
                   run_name=method)
