@@ -38,7 +38,8 @@ import torch
 from lot_rl import stats
 from lot_rl.checkpoint import load_checkpoint
 from lot_rl.errors import LoTUserError, require
-from lot_rl.runlog import ensure_writable_dir, progress_bar
+from lot_rl.plotting import plot_comparison
+from lot_rl.runlog import check_writable_file, ensure_writable_dir, progress_bar
 from lot_rl.runtime import resolve_device
 
 CHECKPOINT_KIND = "atari-ppo-lot"  # the kind written by lot_rl.agents.ppo_lot_atari
@@ -225,21 +226,6 @@ def episode_shares(episodes: int, num_envs: int) -> list[int]:
     """How many games each env plays: a fixed share, so short games are not favoured."""
     envs = min(num_envs, episodes)
     return [episodes // envs + (1 if i < episodes % envs else 0) for i in range(envs)]
-
-
-def check_writable_file(path: str | os.PathLike, option: str) -> Path:
-    """Fail before a long evaluation if an output file cannot be written."""
-    path = Path(path)
-    require(not path.is_dir(), f"{option}: {path} is a folder; give a file name")
-    existed = path.exists()
-    try:
-        with open(path, "a"):
-            pass
-    except OSError as exc:
-        raise LoTUserError(f"{option}: cannot write {path}: {exc.strerror}") from exc
-    if not existed:
-        path.unlink()
-    return path
 
 
 class _VideoRecorder:
@@ -697,8 +683,6 @@ def run_command(ns: argparse.Namespace, command: str = "eval") -> int:
         entries = compare_runs(ns.runs, settings, policy=ns.policy, labels=ns.labels)
         print(format_comparison(entries))
         if ns.plot:
-            from lot_rl.plotting import plot_comparison
-
             print(f"plot: {plot_comparison(entries, ns.plot)}")
         return 0
     if ns.json:

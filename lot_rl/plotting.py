@@ -18,13 +18,14 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 import yaml
 
 from lot_rl.errors import LoTUserError, require
-from lot_rl.runlog import read_metrics
+from lot_rl.runlog import check_writable_file, read_metrics
+from lot_rl.stats import summarize
 
 RETURN_TAG = "charts/episodic_return"
 KL_TAGS = {"lot/teacher_kl": ("teacher KL (teachability)", "-"), "lot/student_kl": ("student KL (imitation)", "--")}
@@ -237,13 +238,31 @@ def _horizontal() -> dict[str, Any]:
     return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
 
 
-def plot_comparison(entries: Sequence[Any], out: str | os.PathLike) -> Path:
-    """The picture of ``lot-rl compare``: IQM with its 95% interval per run, and every game's return.
+class ComparedResult(Protocol):
+    """The games of one compared run that :func:`plot_comparison` draws (``lot_rl.evaluation.EvalResult``)."""
 
-    ``entries`` are :class:`lot_rl.evaluation.CompareEntry` objects (``label`` and ``result``).
-    """
-    from lot_rl.stats import summarize
+    @property
+    def policy(self) -> str: ...
 
+    @property
+    def returns(self) -> Sequence[float]: ...
+
+
+class ComparedRun(Protocol):
+    """One run of a comparison as :func:`plot_comparison` reads it (``lot_rl.evaluation.CompareEntry``)."""
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def game(self) -> str: ...
+
+    @property
+    def result(self) -> ComparedResult: ...
+
+
+def plot_comparison(entries: Sequence[ComparedRun], out: str | os.PathLike) -> Path:
+    """The picture of ``lot-rl compare``: IQM with its 95% interval per run, and every game's return."""
     figure = _new_figure(10.0, 1.2 + 0.55 * len(entries))
     left, right = figure.subplots(1, 2, sharey=True)
     labels = [e.label for e in entries]
@@ -295,8 +314,6 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "plot") -> 
 
 
 def run_command(ns: argparse.Namespace, command: str = "plot") -> int:
-    from lot_rl.evaluation import check_writable_file
-
     check_writable_file(ns.out, "--out")
     path = plot_learning_curves(ns.runs, ns.out, labels=ns.labels, smooth=ns.smooth, spread=ns.spread, kl=ns.kl,
                                 metrics=ns.metrics, title=ns.title)

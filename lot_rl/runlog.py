@@ -20,7 +20,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from lot_rl.errors import LoTUserError
+from lot_rl.errors import LoTUserError, require
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -44,6 +44,24 @@ def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
         probe.unlink()
     except OSError as exc:
         raise LoTUserError(f"{what}: cannot write to folder {path}: {exc.strerror}") from exc
+    return path
+
+
+def check_writable_file(path: str | os.PathLike, option: str) -> Path:
+    """Prove output file ``path`` writable before long work, or raise one line naming ``option``.
+
+    A file that did not exist is removed again; an existing one is left as it was.
+    """
+    path = Path(path)
+    require(not path.is_dir(), f"{option}: {path} is a folder; give a file name")
+    existed = path.exists()
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        raise LoTUserError(f"{option}: cannot write {path}: {exc.strerror}") from exc
+    if not existed:
+        path.unlink()
     return path
 
 
