@@ -557,38 +557,22 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     return run_dir
 
 
-@torch.no_grad()
-def teacher_targets(agent: Agent, observations: torch.Tensor, autocast, chunk: int = 256) -> torch.Tensor:
-    """The teacher's policy logits on cached states, computed once per update without autograd.
-
-    Chunks of 256 frames keep every activation under glibc's 32 MB mmap ceiling (see ``keep_freed_memory``).
-    """
-    with torch.inference_mode(), autocast():
-        return torch.cat([agent.policy_logits(observations[i:i + chunk]).float()
-                          for i in range(0, observations.shape[0], chunk)])
-
-
 def student_phase(agent: Agent, students: Students, cache: ObservationCache, args: Args, autocast) -> list[float]:
     """N passes over the cache; per cached rollout, ``num_minibatches`` shuffled imitation minibatches.
 
-    The teacher does not change during the phase, so its targets are computed once per distinct cached
-    rollout (the reference recomputed them with autograd for every minibatch of every pass).
+    The cache hands out each minibatch with the teacher's targets, computed once per distinct cached
+    rollout: the teacher does not change during the phase. Returns each step's mean student loss.
     """
-    entries = cache.entries()
-    distinct = {id(e): e for e in entries}
-    targets = {key: teacher_targets(agent, e, autocast) for key, e in distinct.items()}
+    def teacher_logits(states: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            return agent.policy_logits(states)
+
     losses = []
-    for _ in range(args.student_steps_ratio):
-        for entry in entries:
-            target = targets[id(entry)]
-            inds = torch.randperm(entry.shape[0], device=entry.device)
-            size = entry.shape[0] // args.num_minibatches
-            for start in range(0, size * args.num_minibatches, size):
-                mb = inds[start:start + size]
-                mb_obs = entry[mb]
-                if args.channels_last:
-                    mb_obs = mb_obs.contiguous(memory_format=torch.channels_last)
-                losses.append(students.imitate(mb_obs, target[mb], autocast=autocast))
+    for mb_obs, mb_targets in cache.student_minibatches(teacher_logits, args.student_steps_ratio,
+                                                        args.minibatch_size):
+        if args.channels_last:
+            mb_obs = mb_obs.contiguous(memory_format=torch.channels_last)
+        losses.append(students.imitate(mb_obs, mb_targets, autocast=autocast))
     return losses
 
 

@@ -14,7 +14,7 @@ module; nothing else computes a LoT term.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,9 @@ from torch import nn
 from lot_rl.errors import LoTUserError, require
 
 STUDENT_LOSSES = ("kl", "kl_ce", "symmetric_kl", "symmetric_kl_ce")
+# States per teacher forward when computing the student phase's targets: 256 Atari frames keep every
+# activation under glibc's 32 MB mmap ceiling (see ``lot_rl.runtime.keep_freed_memory``).
+TARGET_CHUNK = 256
 
 
 def kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -257,6 +260,39 @@ class ObservationCache:
         order = [(self._next + i) % self.capacity for i in range(self.capacity)] if self.seen >= self.capacity \
             else list(range(self.seen))
         return [self._buffer[i] for i in order]
+
+    def student_minibatches(self, teacher: Callable[[torch.Tensor], torch.Tensor], passes: int,
+                            batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The student phase's data: ``(states, teacher_logits)`` minibatches over the cached rollouts.
+
+        ``passes`` passes; in each, every cached rollout (oldest first) is shuffled afresh and cut into
+        minibatches of ``batch_size`` states (the last one smaller if the rollout does not divide).
+        ``teacher(states) -> logits`` is called here, before the first minibatch, once per distinct cached
+        rollout, in chunks of :data:`TARGET_CHUNK` states under inference mode: the teacher does not change
+        during the student phase (the LoT reference re-ran it with autograd for every minibatch of every
+        pass). Targets are float32. The shuffles draw from torch's global generator as the minibatches are
+        taken.
+        """
+        require(passes >= 0 and batch_size >= 1,
+                f"student_minibatches: passes must be >= 0 and batch_size >= 1, got {passes} and {batch_size}")
+        entries = self.entries() if passes else []
+        targets: dict[int, torch.Tensor] = {}
+        with torch.inference_mode():
+            for entry in entries:
+                if id(entry) not in targets:  # reference mode repeats one rollout: its targets once
+                    targets[id(entry)] = torch.cat([teacher(entry[i:i + TARGET_CHUNK]).float()
+                                                    for i in range(0, entry.shape[0], TARGET_CHUNK)])
+        return self._shuffled_minibatches(entries, targets, passes, batch_size)
+
+    @staticmethod
+    def _shuffled_minibatches(entries: list[torch.Tensor], targets: dict[int, torch.Tensor], passes: int,
+                              batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _ in range(passes):
+            for entry in entries:
+                order = torch.randperm(entry.shape[0], device=entry.device)
+                for start in range(0, entry.shape[0], batch_size):
+                    rows = order[start:start + batch_size]
+                    yield entry[rows], targets[id(entry)][rows]
 
     def state_dict(self) -> dict:
         entries = self.entries() if self.mode == "copies" else self.entries()[:1]

@@ -419,36 +419,24 @@ class LoTCallback(BaseCallback):
                 f"never reached {type(self.model).__name__}.train()'s backward pass; this stable-baselines3 "
                 f"{stable_baselines3.__version__} differs from the tested 2.9 (see lot_rl/sb3.py)")
 
-    @torch.no_grad()
-    def teacher_targets(self, observations: torch.Tensor) -> torch.Tensor:
-        """The teacher's action logits on cached states, without autograd (the teacher is fixed here)."""
-        policy = self.model.policy
-        was_training = policy.training
-        policy.set_training_mode(False)
-        try:
-            chunk = max(self._student_batch_size(), 256)
-            return torch.cat([actor_logits(policy, observations[i:i + chunk]).float()
-                              for i in range(0, observations.shape[0], chunk)])
-        finally:
-            policy.set_training_mode(was_training)
-
     def student_phase(self) -> list[float]:
         """``student_steps_ratio`` passes over the cached rollouts, shuffled minibatches of imitation.
 
-        Returns each step's mean student loss. The teacher's targets are computed once per distinct cached
-        rollout, since the teacher does not change during the phase.
+        Returns each step's mean student loss. The cache hands out each minibatch with the teacher's
+        targets, computed once per distinct cached rollout: the teacher does not change during the phase.
         """
-        entries = self.cache.entries()
-        targets = {id(e): self.teacher_targets(e) for e in entries}
-        batch = self._student_batch_size()
+        policy = self.model.policy
+        was_training = policy.training
+        policy.set_training_mode(False)  # the targets are the teacher's eval-mode predictions
+        try:
+            minibatches = self.cache.student_minibatches(lambda states: actor_logits(policy, states),
+                                                         self.student_steps_ratio, self._student_batch_size())
+        finally:
+            policy.set_training_mode(was_training)
         self.students.train()
         losses = []
-        for _ in range(self.student_steps_ratio):
-            for entry in entries:
-                order = torch.randperm(entry.shape[0], device=entry.device)
-                for start in range(0, entry.shape[0], batch):
-                    rows = order[start:start + batch]
-                    losses.append(self.students.imitate(entry[rows], targets[id(entry)][rows]))
+        for states, targets in minibatches:
+            losses.append(self.students.imitate(states, targets))
         return losses
 
     def _student_batch_size(self) -> int:

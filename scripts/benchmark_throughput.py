@@ -33,7 +33,6 @@ they come from another CPU. Ratios to SB3 and to the reference-style student pha
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -46,8 +45,7 @@ from pathlib import Path
 import torch
 
 import lot_rl.agents.ppo_lot_atari as agent_module
-from lot_rl.agents.ppo_lot_atari import (Agent, Args, lot_ppo_loss, lr_factor, make_students, teacher_targets,
-                                         train)
+from lot_rl.agents.ppo_lot_atari import Agent, Args, lot_ppo_loss, lr_factor, make_students, train
 from lot_rl.regularizer import ObservationCache
 from lot_rl.runlog import read_metrics
 from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory, resolve_device
@@ -190,11 +188,15 @@ def lot_update_flops(obs_num: int, student_steps_ratio: int = 5) -> dict[str, fl
                                args.alpha)
         loss.backward()
 
-    targets = teacher_targets(agent, obs, contextlib.nullcontext)
+    def teacher_targets() -> torch.Tensor:  # as the observation cache computes them for the student phase
+        with torch.inference_mode():
+            return agent.policy_logits(obs).float()
+
+    targets = teacher_targets()
     per_batch = args.batch_size // size  # minibatches in one rollout
     teacher = (flops(lambda: agent.get_action_and_value(obs)) * per_batch  # acting during the rollout
                + flops(ppo_minibatch) * args.update_epochs * args.num_minibatches)
-    student = (flops(lambda: teacher_targets(agent, obs, contextlib.nullcontext)) * per_batch * obs_num
+    student = (flops(teacher_targets) * per_batch * obs_num
                + flops(lambda: students.imitate(obs, targets)) * student_steps_ratio * obs_num * args.num_minibatches)
     return {"teacher": teacher, "student": student, "total": teacher + student}
 

@@ -105,19 +105,19 @@ def test_learning_rate_schedules():
     assert linear(0) == 1.0 and linear(5) == pytest.approx(0.5) and linear(10) == 0.0
 
 
-def test_student_phase_uses_targets_once_and_imitates(monkeypatch):
+def test_student_phase_uses_targets_once_and_imitates():
     torch.manual_seed(0)
-    args = lot.Args(num_students=1, student_steps_ratio=3, num_minibatches=2, obs_num=2)
+    args = lot.Args(num_envs=2, num_steps=4, num_students=1, student_steps_ratio=3, num_minibatches=2, obs_num=2)
     agent = lot.Agent(4)
     students = lot.make_students(args, 4, torch.device("cpu"), lot.lr_factor(args))
     cache = lot.ObservationCache(2)
     cache.append(_batch(8)["obs"])
     cache.append(_batch(8, seed=1)["obs"])
     calls = []
-    original = lot.teacher_targets
-    monkeypatch.setattr(lot, "teacher_targets", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = agent.policy_logits
+    agent.policy_logits = lambda states: calls.append(states.shape[0]) or original(states)
     losses = lot.student_phase(agent, students, cache, args, lot.autocast_for(torch.device("cpu"), "fp32"))
-    assert len(calls) == 2  # once per cached rollout, not per minibatch or pass
+    assert calls == [8, 8]  # the teacher ran once per cached rollout, not per minibatch or pass
     assert len(losses) == 3 * 2 * 2  # N passes x cached rollouts x minibatches
 
 
