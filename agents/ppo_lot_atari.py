@@ -33,7 +33,8 @@ from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state, save
 from lot_rl.envs.atari import (BACKENDS, get_env_state, make_atari_env, parse_env_id, set_env_state,
                                supports_state)
 from lot_rl.errors import require
-from lot_rl.regularizer import ObservationCache, Students, validate_lot_options
+from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
+                                validate_student_weights)
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
 from lot_rl.runtime import autocast_for, keep_freed_memory, resolve_device
 
@@ -152,11 +153,9 @@ def validate_args(args: Args) -> None:
     require(0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
     require(args.clip_coef > 0, f"--clip-coef must be > 0, got {args.clip_coef}")
     require(0.0 <= args.lot_start <= 1.0, f"--lot-start is a fraction of training in [0, 1], got {args.lot_start}")
-    require(args.obs_num >= 1, f"--obs-num must be >= 1, got {args.obs_num}")
     validate_lot_options(args.alpha, args.num_students, args.temperature, args.student_steps_ratio)
-    if args.student_weights:
-        require(len(args.student_weights) == args.num_students,
-                f"--student-weights has {len(args.student_weights)} values for {args.num_students} students")
+    validate_student_weights(args.student_weights, args.num_students)
+    validate_cache_options(args.obs_num, args.cache_mode)
 
 
 # ----------------------------------------------------------------------------------------------------

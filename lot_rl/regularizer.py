@@ -93,10 +93,17 @@ def student_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
 def _resolve_weights(weights: Sequence[float] | None, count: int) -> list[float]:
     if weights is None or len(weights) == 0:
         return [1.0 / count] * count
-    require(len(weights) == count,
-            f"--student-weights has {len(weights)} values but there are {count} students; give one per student")
-    require(all(w >= 0 for w in weights), f"--student-weights must be >= 0, got {list(weights)}")
+    validate_student_weights(weights, count)
     return [float(w) for w in weights]
+
+
+def validate_student_weights(weights: Sequence[float] | None, num_students: int) -> None:
+    """The lambda_i: none (equal weights summing to 1) or one value >= 0 per student."""
+    if weights is None or len(weights) == 0:
+        return
+    require(len(weights) == num_students, f"--student-weights has {len(weights)} values for {num_students} "
+                                          f"students; give one per student")
+    require(all(w >= 0 for w in weights), f"--student-weights must be >= 0, got {list(weights)}")
 
 
 def validate_lot_options(alpha: float, num_students: int, temperature: float,
@@ -216,6 +223,12 @@ class Students:
         self.weights = list(state.get("weights", self.weights))
 
 
+def validate_cache_options(obs_num: int, cache_mode: str) -> None:
+    """Raise a clear :class:`LoTUserError` for an observation cache that cannot be built."""
+    require(obs_num >= 1, f"--obs-num must be >= 1, got {obs_num}")
+    require(cache_mode in ObservationCache.MODES,
+            f"unknown --cache-mode {cache_mode!r}; choose one of {', '.join(ObservationCache.MODES)}")
+
 
 class ObservationCache:
     """The students' training states: the observations of the last ``capacity`` rollouts.
@@ -228,8 +241,7 @@ class ObservationCache:
     MODES = ("copies", "reference")
 
     def __init__(self, capacity: int, mode: str = "copies"):
-        require(capacity >= 1, f"--obs-num must be >= 1, got {capacity}")
-        require(mode in self.MODES, f"unknown --cache-mode {mode!r}; choose one of {', '.join(self.MODES)}")
+        validate_cache_options(capacity, mode)
         self.capacity, self.mode = capacity, mode
         self._buffer: torch.Tensor | None = None  # (capacity, rollout_size, *obs_shape), allocated lazily
         self._next = 0  # ring position of the next write

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,7 +53,8 @@ from torch import nn
 
 from lot_rl.checkpoint import load_checkpoint, save_checkpoint
 from lot_rl.errors import LoTUserError, require
-from lot_rl.regularizer import ObservationCache, Students
+from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
+                                validate_student_weights)
 
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
@@ -132,6 +134,11 @@ class _AttachPenalty(torch.autograd.Function):
         return grad_log_prob, torch.ones((), dtype=ctx.penalty_dtype, device=ctx.penalty_device), None
 
 
+def _argument_names(message: str) -> str:
+    """A validator's message with command-line flags as Python argument names: ``--obs-num`` -> ``obs_num``."""
+    return re.sub(r"--([a-z][a-z0-9-]*)", lambda flag: flag.group(1).replace("-", "_"), message)
+
+
 def _reinitialise(module: nn.Module) -> None:
     """Fresh random parameters for every submodule that knows how to reset itself."""
     for sub in module.modules():
@@ -198,29 +205,22 @@ class LoTCallback(BaseCallback):
 
     # ------------------------------------------------------------------ options and compatibility checks
     def _check_options(self) -> None:
-        require(self.alpha >= 0, f"LoTCallback: alpha must be >= 0 (0 turns the penalty off), got {self.alpha}")
         require(self.num_students >= 1, f"LoTCallback: num_students must be >= 1, got {self.num_students}")
-        require(self.student_steps_ratio >= 0,
-                f"LoTCallback: student_steps_ratio must be >= 0, got {self.student_steps_ratio}")
+        try:  # the checks lot-rl train makes, in this class's words (argument obs_num for option --obs-num)
+            validate_lot_options(self.alpha, self.num_students, self.temperature, self.student_steps_ratio)
+            validate_student_weights(self.student_weights, self.num_students)
+            validate_cache_options(self.obs_num, self.cache_mode)
+        except LoTUserError as exc:
+            raise LoTUserError("LoTCallback: " + _argument_names(str(exc))) from None
         require(self.student_steps_ratio > 0 or self.imitate_on_teacher_batches,
                 "LoTCallback: with student_steps_ratio=0 and imitate_on_teacher_batches=False the students "
                 "never learn; set student_steps_ratio >= 1 or imitate_on_teacher_batches=True")
-        require(self.obs_num >= 1, f"LoTCallback: obs_num must be >= 1 (rollouts the students imitate on), "
-                                   f"got {self.obs_num}")
-        require(self.temperature > 0, f"LoTCallback: temperature must be > 0, got {self.temperature}")
-        require(self.cache_mode in ObservationCache.MODES,
-                f"LoTCallback: cache_mode must be one of {', '.join(ObservationCache.MODES)}, "
-                f"got {self.cache_mode!r}")
         require(self.student_weight_decay >= 0,
                 f"LoTCallback: student_weight_decay must be >= 0, got {self.student_weight_decay}")
         require(self.student_lr is None or self.student_lr > 0,
                 f"LoTCallback: student_lr must be > 0 or None (follow the teacher), got {self.student_lr}")
         require(self.student_batch_size is None or self.student_batch_size >= 1,
                 f"LoTCallback: student_batch_size must be >= 1 or None, got {self.student_batch_size}")
-        if self.student_weights is not None:
-            require(len(self.student_weights) == self.num_students and all(w >= 0 for w in self.student_weights),
-                    f"LoTCallback: student_weights must be {self.num_students} value(s) >= 0 (one per student), "
-                    f"got {self.student_weights}")
         require(self.student is None or isinstance(self.student, nn.Module) or callable(self.student),
                 f"LoTCallback: student must be None, an nn.Module or a factory returning one, "
                 f"got {type(self.student).__name__}")

@@ -52,7 +52,8 @@ def run_cv_with_reweighting(args: cv.CVArgs, method: str, label_noise: float = 0
     ``--reweight`` options this is ``cv.train_cv`` with them; otherwise the same steps are done here with
     cv's public pieces (``build``, ``CVTask``, ``training.fit``'s reweighter hook).
     """
-    validate_reweight_options(method, meta_size, meta_interval, label_noise, noise_type)
+    validate_reweight_options(method, meta_size, meta_interval)
+    data_lib.validate_label_noise(label_noise, noise_type)
     if "reweight" in {f.name for f in dataclasses.fields(cv.CVArgs)}:  # lot-rl cv has --reweight: use it as is
         args = dataclasses.replace(args, reweight=method, label_noise=label_noise, noise_type=noise_type,
                                    meta_size=meta_size, meta_interval=meta_interval, meta_batch_size=meta_batch_size,

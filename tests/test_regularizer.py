@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from lot_rl.errors import LoTUserError
-from lot_rl.regularizer import TARGET_CHUNK, ObservationCache, Students, kl, student_loss, teachability_kl
+from lot_rl.regularizer import (TARGET_CHUNK, ObservationCache, Students, kl, student_loss, teachability_kl,
+                                validate_student_weights)
 
 
 def np_kl(p_logits, q_logits, T):
@@ -55,8 +56,11 @@ def test_teachability_with_weights_sums_students():
     assert got.item() == pytest.approx(0.25 * kl(t, s1).item() + 2.0 * kl(t, s2).item(), rel=1e-6)
     equal = teachability_kl(t, [s1, s2], 1.0)  # default: equal weights summing to 1
     assert equal.item() == pytest.approx(0.5 * kl(t, s1).item() + 0.5 * kl(t, s2).item(), rel=1e-6)
-    with pytest.raises(LoTUserError, match="one per student"):
+    with pytest.raises(LoTUserError, match="--student-weights has 1 values for 2 students; give one per student"):
         teachability_kl(t, [s1, s2], 1.0, weights=[1.0])
+    with pytest.raises(LoTUserError, match=r"--student-weights must be >= 0, got \[0.5, -1.0\]"):
+        validate_student_weights([0.5, -1.0], 2)
+    validate_student_weights([], 3)  # none given: equal weights
 
 
 def test_undetached_penalty_gives_students_gradient():

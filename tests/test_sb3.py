@@ -327,8 +327,9 @@ def test_custom_student_network_and_its_reload(tmp_path):
     ({"obs_num": 0}, "obs_num must be >= 1"),
     ({"num_students": 0}, "num_students must be >= 1"),
     ({"temperature": 0}, "temperature must be > 0"),
-    ({"student_weights": [1.0, 2.0]}, "student_weights must be 1 value"),
-    ({"cache_mode": "views"}, "cache_mode must be one of copies, reference"),
+    ({"student_weights": [1.0, 2.0]}, "LoTCallback: student_weights has 2 values for 1 students"),
+    ({"student_weights": [-1.0]}, r"student_weights must be >= 0, got \[-1.0\]"),
+    ({"cache_mode": "views"}, "unknown cache_mode 'views'; choose one of copies, reference"),
     ({"student_steps_ratio": 0, "imitate_on_teacher_batches": False}, "students never learn"),
     ({"student_steps_ratio": -1}, "student_steps_ratio must be >= 0"),
 ])

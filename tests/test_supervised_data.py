@@ -164,6 +164,18 @@ def test_normalize_per_channel():
     assert torch.allclose(out, torch.tensor([[[[-1.0, 1.0]], [[0.0, 2.0]]]]), atol=1e-6)
 
 
+@pytest.mark.parametrize("rate, noise_type, match", [
+    (1.0, "symmetric", r"--label-noise must be in \[0, 1\), got 1.0"),
+    (-0.1, "pair", r"--label-noise must be in \[0, 1\)"),
+    (0.2, "asym", "unknown --noise-type 'asym'; choose one of symmetric, pair"),
+    (0.5, "pair", "--label-noise 0.5 with --noise-type pair makes the flipped class the majority"),
+])
+def test_label_noise_options_are_checked_in_one_place(rate, noise_type, match):
+    with pytest.raises(LoTUserError, match=match):
+        D.validate_label_noise(rate, noise_type)
+    D.validate_label_noise(0.49, "pair")  # the largest pair noise that keeps the true class the majority
+
+
 def test_symmetric_label_noise_flips_exactly_the_rate_to_other_classes():
     labels = torch.arange(1000) % 10
     noisy = D.symmetric_label_noise(labels, 0.3, 10, seed=0)

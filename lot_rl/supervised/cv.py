@@ -28,7 +28,7 @@ from lot_rl.errors import require
 from lot_rl.runtime import resolve_device
 from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.models import PreResNet
-from lot_rl.supervised.reweight import NOISE_TYPES, REWEIGHT_METHODS, validate_reweight_options
+from lot_rl.supervised.reweight import REWEIGHT_METHODS, validate_reweight_options
 from lot_rl.supervised.training import (EXPERIMENT_FIELDS, LOT_FIELDS, Batch, CommonArgs, LoTSupervisedTrainer,
                                         Reweighter, fit, make_trainer, prepare_run,
                                         print_summary, seed_everything, validate_common)
@@ -44,7 +44,7 @@ class CVArgs(CommonArgs):
     val_size: int = cfg_lib.option(200, "training images held out for validation (chooses the best epoch)")
     label_noise: float = cfg_lib.option(0.0, "fraction of training labels flipped to another class")
     noise_type: str = cfg_lib.option("symmetric", "symmetric: to any other class uniformly; pair: y -> y+1 mod C",
-                                     choices=NOISE_TYPES)
+                                     choices=data_lib.NOISE_TYPES)
     crop_padding: int | None = cfg_lib.option(None, "random-crop padding in pixels (default: 4 for CIFAR, 2 "
                                               "for digits; 0: no crop)")
     flip: bool | None = cfg_lib.option(None, "random horizontal flips (default: on for CIFAR, off for digits)")
@@ -103,11 +103,11 @@ def validate_args(args: CVArgs) -> None:
     require(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
     require(args.val_size >= 1, f"--val-size must be >= 1 (the validation split chooses the best epoch), "
                                 f"got {args.val_size}")
-    require(0.0 <= args.label_noise < 1.0, f"--label-noise must be in [0, 1), got {args.label_noise}")
     require(args.crop_padding is None or args.crop_padding >= 0,
             f"--crop-padding must be >= 0, got {args.crop_padding}")
     require(args.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
-    validate_reweight_options(args.reweight, args.meta_size, args.meta_interval, args.label_noise, args.noise_type)
+    data_lib.validate_label_noise(args.label_noise, args.noise_type)
+    validate_reweight_options(args.reweight, args.meta_size, args.meta_interval)
 
 
 class CVTask:
@@ -244,9 +244,9 @@ def train_cv(args: CVArgs, resume: str | Path | None = None, max_steps: int | No
 
     ``reweighter`` replaces the one ``--reweight`` builds (see :class:`training.Reweighter`).
     """
-    validate_args(args)
     device = resolve_device(args.device)
-    task, trainer = build(args, device)  # reads the data first: a missing file leaves no empty run folder
+    # validates the options and reads the data first: a bad option or a missing file leaves no empty run folder
+    task, trainer = build(args, device)
     run_dir, checkpoint = prepare_run(args, CHECKPOINT_KIND, args.dataset, resume)
     reweighter = reweighter if reweighter is not None else task.reweighting
     return fit(task, trainer, args, run_dir, args.epochs, checkpoint, max_steps, reweighter, desc=args.dataset)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from lot_rl.errors import LoTUserError, require
 
 IMAGE_DATASETS = ("digits", "cifar10", "cifar100")
+NOISE_TYPES = ("symmetric", "pair")
 TEXT_DATASETS = ("pydoc", "ptb", "wikitext103")
 
 EOS = "<eos>"
@@ -164,12 +165,21 @@ def split_validation(data: ImageData, val_size: int, seed: int) -> ImageData:
     return data
 
 
+def validate_label_noise(rate: float, noise_type: str = "symmetric") -> None:
+    """Raise a clear :class:`LoTUserError` for a label-noise rate or type outside its domain."""
+    require(noise_type in NOISE_TYPES, f"unknown --noise-type {noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
+    require(0.0 <= rate < 1.0, f"--label-noise must be in [0, 1), got {rate}")
+    require(noise_type != "pair" or rate < 0.5,
+            f"--label-noise {rate} with --noise-type pair makes the flipped class the majority label of every "
+            f"class; use a rate below 0.5")
+
+
 def symmetric_label_noise(labels: torch.Tensor, rate: float, num_classes: int, seed: int) -> torch.Tensor:
     """A copy of ``labels`` where a random fraction ``rate`` is replaced by a different class, uniformly.
 
     Exactly ``round(rate * N)`` labels end up wrong (the flipped ones never keep their class).
     """
-    require(0.0 <= rate < 1.0, f"--label-noise must be in [0, 1), got {rate}")
+    validate_label_noise(rate, "symmetric")
     gen = torch.Generator().manual_seed(seed)
     noisy = labels.clone()
     count = int(round(rate * len(labels)))

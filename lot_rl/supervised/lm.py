@@ -233,9 +233,9 @@ def build(args: LMArgs, device: torch.device) -> tuple[LMTask, LoTSupervisedTrai
 
 def train_lm(args: LMArgs, resume: str | Path | None = None, max_steps: int | None = None) -> dict[str, Any]:
     """Train (or continue) a language-modeling run; return its summary (see :func:`training.fit`)."""
-    validate_args(args)
     device = resolve_device(args.device)
-    task, trainer = build(args, device)  # reads the data first: a missing file leaves no empty run folder
+    # validates the options and reads the data first: a bad option or a missing file leaves no empty run folder
+    task, trainer = build(args, device)
     run_dir, checkpoint = prepare_run(args, CHECKPOINT_KIND, args.dataset, resume)
     if checkpoint is not None:
         require(checkpoint.get("vocab_size") == len(task.text.vocab),

@@ -49,10 +49,9 @@ from torch import nn
 from torch.func import functional_call
 
 from lot_rl.errors import LoTUserError, require
-from lot_rl.supervised.data import ImageData, symmetric_label_noise
+from lot_rl.supervised.data import NOISE_TYPES, ImageData, symmetric_label_noise, validate_label_noise
 
 REWEIGHT_METHODS = ("none", "l2rw", "mwnet", "deep")
-NOISE_TYPES = ("symmetric", "pair")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -98,12 +97,7 @@ def corrupt_labels(labels: torch.Tensor | np.ndarray, rate: float, noise_type: s
 
     Returns ``(noisy_labels, corrupted)``: int64 labels and a boolean mask with ``noisy != labels``.
     """
-    require(noise_type in NOISE_TYPES,
-            f"unknown --noise-type {noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
-    require(0.0 <= rate < 1.0, f"--label-noise must be in [0, 1), got {rate}")
-    if noise_type == "pair":
-        require(rate < 0.5, f"--label-noise {rate} with --noise-type pair makes the flipped class the majority "
-                            f"label of every class; use a rate below 0.5")
+    validate_label_noise(rate, noise_type)
     require(num_classes >= 2, f"label noise needs at least 2 classes, got {num_classes}")
     labels = _as_numpy_labels(labels)
     eligible = np.ones(len(labels), dtype=bool)
@@ -673,17 +667,14 @@ class FitReweighting:
         self.step = int(state["step"])
 
 
-def validate_reweight_options(method: str, meta_size: int, meta_interval: int, label_noise: float = 0.0,
-                              noise_type: str = "symmetric", train_size: int | None = None) -> None:
-    """Raise :class:`LoTUserError` for reweighting / noise options outside their domain (before training)."""
+def validate_reweight_options(method: str, meta_size: int, meta_interval: int, train_size: int | None = None) -> None:
+    """Raise :class:`LoTUserError` for reweighting options outside their domain (before training).
+
+    The label noise it is meant for has its own check, :func:`lot_rl.supervised.data.validate_label_noise`.
+    """
     require(method in REWEIGHT_METHODS,
             f"unknown --reweight {method!r}; choose one of {', '.join(REWEIGHT_METHODS)}")
     require(meta_interval >= 1, f"--meta-interval must be >= 1, got {meta_interval}")
-    require(noise_type in NOISE_TYPES, f"unknown --noise-type {noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
-    require(0.0 <= label_noise < 1.0, f"--label-noise must be in [0, 1), got {label_noise}")
-    require(noise_type != "pair" or label_noise < 0.5,
-            f"--label-noise {label_noise} with --noise-type pair makes the flipped class the majority label of "
-            f"every class; use a rate below 0.5")
     require(meta_size >= 0, f"--meta-size must be >= 0, got {meta_size}")
     if method != "none":
         require(meta_size > 0, f"--reweight {method} learns from a clean meta set; give --meta-size > 0 "

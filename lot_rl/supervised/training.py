@@ -34,7 +34,8 @@ from torch import nn
 from lot_rl import config as cfg_lib
 from lot_rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from lot_rl.errors import require
-from lot_rl.regularizer import STUDENT_LOSSES, Students, student_loss, validate_lot_options
+from lot_rl.regularizer import (STUDENT_LOSSES, Students, student_loss, validate_lot_options,
+                                validate_student_weights)
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
 from lot_rl.runtime import autocast_for, keep_freed_memory
 
@@ -86,6 +87,7 @@ EXPERIMENT_FIELDS = ("exp_name", "seed", "device", "run_dir", "run_name", "data_
 
 def validate_common(args: CommonArgs) -> None:
     validate_lot_options(args.alpha, args.num_students, args.temperature, args.student_steps_ratio)
+    validate_student_weights(args.student_weights, args.num_students)
     require(args.student_loss in STUDENT_LOSSES,
             f"unknown --student-loss {args.student_loss!r}; choose one of {', '.join(STUDENT_LOSSES)}")
     require(args.num_students == 0 or args.student_steps_ratio >= 1,
@@ -95,8 +97,6 @@ def validate_common(args: CommonArgs) -> None:
             f"--student-kl-weight must be >= 0, got {args.student_kl_weight}")
     require(args.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     require(args.student_ce_weight >= 0, f"--student-ce-weight must be >= 0, got {args.student_ce_weight}")
-    require(not args.student_weights or len(args.student_weights) == args.num_students,
-            f"--student-weights has {len(args.student_weights)} values for {args.num_students} students")
 
 
 def seed_everything(seed: int, threads: int = 0) -> None:
