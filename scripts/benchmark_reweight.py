@@ -1,11 +1,11 @@
 """Sample reweighting under label noise: none / l2rw / mwnet / deep, side by side in one run.
 
-Every run is a real ``lot-rl cv`` run (its PreResNet teacher, SGD with Nesterov momentum and weight decay,
-cosine schedule, augmentation, clean validation split choosing the best epoch, run folder with TensorBoard
-and ``metrics.jsonl``), with the reweighter plugged into ``training.fit``'s reweighter hook. The data set
-is cv's default (scikit-learn's digits at 16x16) and CIFAR-10 when ``--data-dir`` holds it. The clean meta
-set (``--meta-size``) is held out of the training split before the label noise is injected into the rest;
-``none`` holds nothing out (it has no use for a clean set and trains on those samples, noisy like the rest).
+Every run is a real ``lot-rl cv --reweight METHOD`` run (its PreResNet teacher, SGD with Nesterov momentum and
+weight decay, cosine schedule, augmentation, clean validation split choosing the best epoch, run folder with
+TensorBoard and ``metrics.jsonl``). The data set is cv's default (scikit-learn's digits at 16x16) and CIFAR-10
+when ``--data-dir`` holds it. The clean meta set (``--meta-size``) is held out of the training split before the
+label noise is injected into the rest; ``none`` holds nothing out (it has no use for a clean set and trains on
+those samples, noisy like the rest).
 
 Reported per method, mean +- std over seeds:
 
@@ -35,11 +35,7 @@ import torch
 
 from lot_rl.runlog import read_metrics
 from lot_rl.supervised import cv
-from lot_rl.supervised import data as data_lib
-from lot_rl.supervised.reweight import (REWEIGHT_METHODS, FitReweighting, build_reweighter, hold_out_meta_set,
-                                        validate_reweight_options)
-from lot_rl.runtime import resolve_device
-from lot_rl.supervised.training import fit, prepare_run
+from lot_rl.supervised.reweight import REWEIGHT_METHODS
 
 
 def run_cv_with_reweighting(args: cv.CVArgs, method: str, label_noise: float = 0.4, noise_type: str = "symmetric",
@@ -48,39 +44,13 @@ def run_cv_with_reweighting(args: cv.CVArgs, method: str, label_noise: float = 0
     """One ``lot-rl cv`` run with ``--reweight METHOD``; returns cv's summary plus ``seconds`` and the mean
     weights on clean and corrupted samples over the last third of the epochs.
 
-    ``args.label_noise`` must be 0 (the noise options are the arguments here). When ``lot-rl cv`` has the
-    ``--reweight`` options this is ``cv.train_cv`` with them; otherwise the same steps are done here with
-    cv's public pieces (``build``, ``CVTask``, ``training.fit``'s reweighter hook).
+    The noise and reweighting options given here replace those of ``args``.
     """
-    validate_reweight_options(method, meta_size, meta_interval)
-    data_lib.validate_label_noise(label_noise, noise_type)
-    if "reweight" in {f.name for f in dataclasses.fields(cv.CVArgs)}:  # lot-rl cv has --reweight: use it as is
-        args = dataclasses.replace(args, reweight=method, label_noise=label_noise, noise_type=noise_type,
-                                   meta_size=meta_size, meta_interval=meta_interval, meta_batch_size=meta_batch_size,
-                                   meta_lr=meta_lr)
-        start = time.perf_counter()
-        summary = cv.train_cv(args)
-    else:  # older cv without the options: the same steps through its public pieces
-        cv.validate_args(args)
-        device = resolve_device(args.device)
-        run_dir, _ = prepare_run(args, cv.CHECKPOINT_KIND, args.dataset, None)
-        _, trainer = cv.build(args, device)
-        images = data_lib.load_image_data(args.dataset, args.data_dir)
-        data_lib.split_validation(images, args.val_size, args.seed)  # the same clean validation split as cv's
-        meta_images, meta_labels, corrupted = hold_out_meta_set(images, meta_size if method != "none" else 0,
-                                                                label_noise, noise_type, args.seed)
-        task = cv.CVTask(images, args, device)
-        task.autocast = trainer.autocast
-        reweighting = None
-        if method != "none":
-            meta_inputs = data_lib.normalize_images(meta_images.to(device), images.mean, images.std)
-            reweighter = build_reweighter(method, trainer.teacher, trainer.optimizer, meta_inputs,
-                                          meta_labels.to(device), images.num_classes, meta_batch_size=meta_batch_size,
-                                          meta_interval=meta_interval, meta_lr=meta_lr, seed=args.seed)
-            reweighting = FitReweighting(reweighter, args.epochs * task.steps_per_epoch, corrupted)
-        start = time.perf_counter()
-        summary = fit(task, trainer, args, run_dir, args.epochs, reweighter=reweighting,
-                      desc=f"{args.dataset} {method}")
+    args = dataclasses.replace(args, reweight=method, label_noise=label_noise, noise_type=noise_type,
+                               meta_size=meta_size, meta_interval=meta_interval, meta_batch_size=meta_batch_size,
+                               meta_lr=meta_lr)
+    start = time.perf_counter()
+    summary = cv.train_cv(args)
     run_dir = Path(summary["run_dir"])
     summary["seconds"] = time.perf_counter() - start
     rows = [r for r in read_metrics(run_dir) if "reweight/mean_weight_clean" in r]

@@ -215,6 +215,19 @@ def test_cv_end_to_end_outputs(tmp_path):
     assert rows[1]["charts/learning_rate"] == pytest.approx(0.0, abs=1e-9)  # cosine annealed to 0
 
 
+@pytest.mark.parametrize("noise_type", ["symmetric", "pair"])
+def test_cv_label_noise_is_put_into_the_training_labels_once(tmp_path, noise_type):
+    from lot_rl.supervised import data as data_lib
+
+    args = tiny_args(tmp_path, label_noise=0.25, noise_type=noise_type)
+    clean = data_lib.split_validation(data_lib.load_image_data("cifar10", args.data_dir), args.val_size, args.seed)
+    task, _ = build(args, torch.device("cpu"))
+    assert torch.equal(task.noisy_mask, task.train_labels != clean.train_labels)
+    assert int(task.noisy_mask.sum()) == round(0.25 * len(clean.train_labels))  # the rate, not twice the rate
+    if noise_type == "pair":
+        assert torch.equal(task.train_labels[task.noisy_mask], (clean.train_labels[task.noisy_mask] + 1) % 10)
+
+
 def test_cv_resume_mid_epoch_is_exact(tmp_path):
     straight = train_cv(tiny_args(tmp_path, run_name="straight", alpha=0.5, student_steps_ratio=3))
     args = tiny_args(tmp_path, run_name="split", alpha=0.5, student_steps_ratio=3)

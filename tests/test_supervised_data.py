@@ -188,6 +188,63 @@ def test_symmetric_label_noise_flips_exactly_the_rate_to_other_classes():
         D.symmetric_label_noise(labels, 1.0, 10, seed=0)
 
 
+@pytest.mark.parametrize("noise_type", ["symmetric", "pair"])
+def test_noise_flips_exact_fraction_and_never_touches_the_meta_split(noise_type):
+    labels = np.repeat(np.arange(10), 50)
+    train_idx, meta_idx = D.split_meta_set(labels, 100, 10, seed=0)
+    noisy, corrupted = D.corrupt_labels(labels, 0.4, noise_type, 10, seed=1, protected=meta_idx)
+    assert corrupted.sum() == round(0.4 * len(train_idx)) == 160
+    assert not corrupted[meta_idx].any() and np.array_equal(noisy[meta_idx], labels[meta_idx])
+    assert np.array_equal(corrupted, noisy != labels)
+    if noise_type == "pair":
+        assert np.array_equal(noisy[corrupted], (labels[corrupted] + 1) % 10)
+    else:  # every other class is reached, none much more often than the others
+        offsets = (noisy[corrupted] - labels[corrupted]) % 10
+        assert set(offsets) == set(range(1, 10)) and np.bincount(offsets)[1:].max() < 40
+
+
+def test_noise_is_seeded_and_zero_rate_is_clean():
+    labels = np.arange(200) % 7
+    a = D.corrupt_labels(labels, 0.25, "symmetric", 7, seed=3)
+    b = D.corrupt_labels(torch.tensor(labels), 0.25, "symmetric", 7, seed=3)
+    assert np.array_equal(a[0], b[0]) and a[1].sum() == 50
+    noisy, corrupted = D.corrupt_labels(labels, 0.0, "pair", 7)
+    assert np.array_equal(noisy, labels) and not corrupted.any()
+
+
+def test_meta_split_is_class_balanced_and_disjoint():
+    labels = np.array([0] * 30 + [1] * 30 + [2] * 4)
+    train_idx, meta_idx = D.split_meta_set(labels, 21, 3, seed=0)
+    assert len(meta_idx) == 21 and len(np.intersect1d(train_idx, meta_idx)) == 0
+    assert len(train_idx) + len(meta_idx) == len(labels)
+    counts = np.bincount(labels[meta_idx], minlength=3)
+    assert counts[2] == 4 and counts[0] + counts[1] == 17 and abs(counts[0] - counts[1]) <= 3
+
+
+def test_hold_out_meta_set_then_noise_only_the_rest():
+    labels = torch.arange(200) % 10  # image i holds the value i: an id that survives the split
+    images = D.ImageData("toy", torch.arange(200, dtype=torch.uint8).view(200, 1, 1, 1).expand(200, 1, 2, 2).clone(),
+                       labels.clone(), torch.zeros(0, 1, 2, 2, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
+                       10, (0.5,), (0.2,))
+    meta_x, meta_y, corrupted = D.hold_out_meta_set(images, 50, 0.4, "pair", seed=0)
+    assert len(meta_y) == 50 and np.bincount(meta_y.numpy(), minlength=10).tolist() == [5] * 10
+    meta_ids = set(meta_x[:, 0, 0, 0].tolist())
+    train_ids = images.train_images[:, 0, 0, 0].long()
+    assert len(train_ids) == 150 and meta_ids.isdisjoint(train_ids.tolist())
+    assert torch.equal(meta_y, labels[sorted(meta_ids)])  # the meta labels are the clean ones
+    assert int(corrupted.sum()) == 60
+    original = labels[train_ids]
+    assert torch.equal(corrupted, images.train_labels != original)
+    assert torch.equal(images.train_labels[corrupted], (original[corrupted] + 1) % 10)
+
+
+def test_meta_split_and_noise_refuse_impossible_requests():
+    with pytest.raises(LoTUserError, match="--label-noise 0.5 with --noise-type pair"):
+        D.corrupt_labels(np.arange(10) % 2, 0.5, "pair", 2)
+    with pytest.raises(LoTUserError, match="--meta-size must be between 1 and"):
+        D.split_meta_set(np.arange(10) % 2, 10, 2)
+
+
 def test_shuffled_batches_cover_each_pass_and_resume_exactly():
     stream = D.ShuffledBatches(10, 3, torch.Generator().manual_seed(0))
     first_pass = torch.cat([stream.next() for _ in range(3)])

@@ -123,20 +123,18 @@ class CVTask:
     higher_is_better = True
 
     def __init__(self, images: data_lib.ImageData, args: CVArgs, device: torch.device,
-                 autocast=None, label_noise: float | None = None):
-        """``label_noise`` overrides ``args.label_noise`` (0 when the labels were corrupted beforehand)."""
+                 autocast=None, noisy_mask: torch.Tensor | None = None):
+        """``images``' training labels are learned as they are: label noise is put into them beforehand
+        (:func:`lot_rl.supervised.data.hold_out_meta_set`, which also gives ``noisy_mask``)."""
         self.data, self.device, self.autocast = images, device, autocast
         self.reweighting = None  # the --reweight hook for fit(), set by build()
         self.eval_batch_size = args.eval_batch_size
         is_digits = images.name == "digits"
         self.pad = args.crop_padding if args.crop_padding is not None else (2 if is_digits else 4)
         self.flip = args.flip if args.flip is not None else not is_digits
-        self.clean_labels = images.train_labels
-        rate = args.label_noise if label_noise is None else label_noise
-        noisy = data_lib.symmetric_label_noise(images.train_labels, rate, images.num_classes, args.seed + 7)
-        self.noisy_mask = noisy != images.train_labels
+        self.noisy_mask = noisy_mask  # which training labels the noise changed (None: not known)
         self.train_images = images.train_images.to(device)
-        self.train_labels = noisy.to(device)
+        self.train_labels = images.train_labels.to(device)
         self.splits = {"val": (images.val_images.to(device), images.val_labels.to(device)),
                        "test": (images.test_images.to(device), images.test_labels.to(device))}
         n = len(self.train_labels)
@@ -204,17 +202,10 @@ def build(args: CVArgs, device: torch.device) -> tuple[CVTask, LoTSupervisedTrai
     data_lib.split_validation(images, args.val_size, args.seed)
     seed_everything(args.seed, args.threads)
     channels, classes = images.image_shape[0], images.num_classes
-    meta = None
-    if args.reweight != "none" or args.noise_type != "symmetric":
-        from lot_rl.supervised.reweight import hold_out_meta_set
-
-        # Clean meta set out of the training split, then the noise on the rest (the same symmetric noise).
-        meta = hold_out_meta_set(images, args.meta_size if args.reweight != "none" else 0, args.label_noise,
-                                 args.noise_type, args.seed)
-        task = CVTask(images, args, device, label_noise=0.0)
-        task.noisy_mask = meta[2]
-    else:
-        task = CVTask(images, args, device)
+    # The clean meta set of --reweight out of the training split, then the label noise into the rest.
+    meta_images, meta_labels, noisy_mask = data_lib.hold_out_meta_set(
+        images, args.meta_size if args.reweight != "none" else 0, args.label_noise, args.noise_type, args.seed)
+    task = CVTask(images, args, device, noisy_mask=noisy_mask)
 
     def make_model(role: str) -> PreResNet:
         depth = args.depth if role == "teacher" or args.student_depth is None else args.student_depth
@@ -229,12 +220,11 @@ def build(args: CVArgs, device: torch.device) -> tuple[CVTask, LoTSupervisedTrai
     if args.reweight != "none":
         from lot_rl.supervised.reweight import FitReweighting, build_reweighter
 
-        meta_images, meta_labels, corrupted = meta
         meta_inputs = data_lib.normalize_images(meta_images.to(device), images.mean, images.std)
         reweighter = build_reweighter(args.reweight, trainer.teacher, trainer.optimizer, meta_inputs,
                                       meta_labels.to(device), classes, meta_batch_size=args.meta_batch_size,
                                       meta_interval=args.meta_interval, meta_lr=args.meta_lr, seed=args.seed)
-        task.reweighting = FitReweighting(reweighter, args.epochs * task.steps_per_epoch, corrupted)
+        task.reweighting = FitReweighting(reweighter, args.epochs * task.steps_per_epoch, noisy_mask)
     return task, trainer
 
 

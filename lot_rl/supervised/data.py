@@ -3,6 +3,8 @@
 Images (``lot-rl cv``)
     CIFAR-10 / CIFAR-100 from the python-pickle folders (``cifar-10-batches-py``, ``cifar-100-python``) and
     a small built-in set that needs no download: scikit-learn's 8x8 handwritten digits, upsampled.
+    Label noise (symmetric or pair, an exact fraction) and the class-balanced clean meta set that sample
+    reweighting learns from are made here, in one call (:func:`hold_out_meta_set`).
     Images stay ``uint8`` tensors ``(N, C, H, W)``; augmentation (pad + random crop, horizontal flip) and
     normalization work on whole batches on the training device.
 
@@ -190,6 +192,89 @@ def symmetric_label_noise(labels: torch.Tensor, rate: float, num_classes: int, s
     shift = torch.randint(1, num_classes, (count,), generator=gen)
     noisy[flip] = (labels[flip] + shift) % num_classes
     return noisy
+
+
+def split_meta_set(labels: torch.Tensor | np.ndarray, meta_size: int, num_classes: int,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out a class-balanced clean meta set of ``meta_size`` samples from a training set.
+
+    Returns ``(train_indices, meta_indices)``, sorted, disjoint, covering ``range(len(labels))``. Classes get
+    ``meta_size // num_classes`` samples each and the remainder goes to the first classes (as Ren et al.'s
+    balanced clean set); a class too small to give its share gives what it can and the rest is drawn from
+    the other classes.
+    """
+    labels = _as_numpy_labels(labels)
+    n = len(labels)
+    require(0 < meta_size < n, f"--meta-size must be between 1 and the training set size - 1 ({n - 1}), "
+                               f"got {meta_size}")
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    share = [meta_size // num_classes + (1 if c < meta_size % num_classes else 0) for c in range(num_classes)]
+    chosen = [idx[:k] for idx, k in zip(per_class, share)]
+    missing = meta_size - sum(len(c) for c in chosen)
+    if missing > 0:  # tiny classes: top up from what is left anywhere
+        left = rng.permutation(np.concatenate([idx[len(c):] for idx, c in zip(per_class, chosen)]))
+        chosen.append(left[:missing])
+    meta = np.sort(np.concatenate(chosen)).astype(np.int64)
+    train = np.setdiff1d(np.arange(n, dtype=np.int64), meta)
+    return train, meta
+
+
+def corrupt_labels(labels: torch.Tensor | np.ndarray, rate: float, noise_type: str, num_classes: int,
+                   seed: int = 0, protected: np.ndarray | torch.Tensor | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Inject label noise into exactly ``round(rate * n_eligible)`` samples.
+
+    ``symmetric``: each chosen label moves to one of the *other* ``num_classes - 1`` classes uniformly, so
+    every chosen sample is really corrupted and ``rate`` is the exact corrupted fraction (the variant that
+    may draw the true class corrupts only ``rate * (C-1)/C``). ``pair``: ``y -> (y + 1) mod C``.
+    ``protected`` indices (the clean meta set) are never chosen and ``rate`` is the fraction of the other
+    samples.
+
+    Returns ``(noisy_labels, corrupted)``: int64 labels and a boolean mask with ``noisy != labels``.
+    """
+    validate_label_noise(rate, noise_type)
+    require(num_classes >= 2, f"label noise needs at least 2 classes, got {num_classes}")
+    labels = _as_numpy_labels(labels)
+    eligible = np.ones(len(labels), dtype=bool)
+    if protected is not None:
+        eligible[_as_numpy_labels(protected)] = False
+    candidates = np.flatnonzero(eligible)
+    noisy = labels.copy()
+    if noise_type == "pair":
+        flip = np.random.default_rng(seed).choice(candidates, size=int(round(rate * len(candidates))), replace=False)
+        noisy[flip] = (labels[flip] + 1) % num_classes
+    else:  # symmetric noise, applied to the eligible samples only
+        noisy[candidates] = symmetric_label_noise(torch.from_numpy(labels[candidates]), rate, num_classes,
+                                                  seed).numpy()
+    return noisy, noisy != labels
+
+
+def hold_out_meta_set(images: ImageData, meta_size: int, label_noise: float, noise_type: str, seed: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Carve the clean meta set out of ``images``' training split, then corrupt the remaining labels.
+
+    The one way ``lot-rl cv`` puts label noise into its training data. In place: ``images.train_images`` /
+    ``train_labels`` lose the meta samples and get the noisy labels. Returns ``(meta_images, meta_labels,
+    corrupted)``: the meta set as stored (uint8 images, clean labels) and the corrupted mask of the
+    remaining training samples (indexed like the new training split). ``meta_size`` 0 holds nothing out.
+    The meta split is drawn with ``seed``, the noise with ``seed + 7``.
+    """
+    if meta_size > 0:
+        train_idx, meta_idx = split_meta_set(images.train_labels, meta_size, images.num_classes, seed)
+        meta_images, meta_labels = images.train_images[meta_idx], images.train_labels[meta_idx]
+        images.train_images, images.train_labels = images.train_images[train_idx], images.train_labels[train_idx]
+    else:  # nothing held out (no --reweight): only the noise
+        meta_images, meta_labels = images.train_images[:0], images.train_labels[:0]
+    noisy, corrupted = corrupt_labels(images.train_labels, label_noise, noise_type, images.num_classes, seed + 7)
+    images.train_labels = torch.from_numpy(noisy)
+    return meta_images, meta_labels, torch.from_numpy(corrupted)
+
+
+def _as_numpy_labels(labels) -> np.ndarray:
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    return np.asarray(labels).astype(np.int64).reshape(-1)
 
 
 def augment_batch(images: torch.Tensor, pad: int = 4, flip: bool = True,
