@@ -163,7 +163,7 @@ def read_eval_json(path: str | os.PathLike) -> EvalReport:
 # Policies from a checkpoint
 
 
-def load(checkpoint: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+def load_train_checkpoint(checkpoint: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
     """A checkpoint of ``lot-rl train`` (run folder or file), or one already loaded."""
     if isinstance(checkpoint, dict):
         return checkpoint
@@ -432,7 +432,7 @@ def evaluate(checkpoint: str | os.PathLike | dict[str, Any], policy: str | Seque
     ``video_episodes`` games of each policy (and flavour) as MP4.
     """
     settings = settings or EvalSettings()
-    ckpt = load(checkpoint)
+    ckpt = load_train_checkpoint(checkpoint)
     names = resolve_policies(ckpt, policy)
     resolved = resolve_settings(ckpt, settings)
     require(video_episodes >= 0, f"--video-episodes must be >= 0, got {video_episodes}")
@@ -579,7 +579,7 @@ def compare_runs(sources: Sequence[str | os.PathLike], settings: EvalSettings | 
             result = read_eval_json(source).result(policy, settings.mode, settings.difficulty)
             planned.append((source, result.settings, result))
         else:
-            ckpt = load(source)
+            ckpt = load_train_checkpoint(source)
             resolve_policies(ckpt, policy)
             planned.append((source, resolve_settings(ckpt, settings), ckpt))
     first_source, first_settings, _ = planned[0]
@@ -656,7 +656,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "eval") -> 
     action.add_argument("--sample", dest="greedy", action="store_false", help="sample actions from the policy")
     parser.add_argument("--seed", type=int, default=0, help="seed of the games and of sampling (default: 0)")
     parser.add_argument("--num-envs", type=int, default=8, help="games played in parallel (default: 8)")
-    parser.add_argument("--sticky", type=float, default=None, metavar="P",
+    parser.add_argument("--sticky", "--repeat-action-probability", type=float, default=None, metavar="P",
                         help="sticky-action probability; 0.25 is the ALE v5 protocol (default: as trained)")
     parser.add_argument("--mode", type=int, default=None, help="ALE game mode (default: the game's default)")
     parser.add_argument("--difficulty", type=int, default=None,
@@ -664,7 +664,7 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "eval") -> 
     parser.add_argument("--max-frames", type=int, default=MAX_EPISODE_FRAMES,
                         help=f"emulator frames after which a game is cut (default: {MAX_EPISODE_FRAMES:,})")
     parser.add_argument("--env-id", default=None, help="Atari id (default: the checkpoint's; must be the same game)")
-    parser.add_argument("--backend", choices=["ale", "gymnasium"], default=None,
+    parser.add_argument("--backend", "--env-backend", choices=["ale", "gymnasium"], default=None,
                         help="env backend (default: ale, or gymnasium when flavours or videos need it)")
     parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default: auto)")
 

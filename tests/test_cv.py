@@ -175,7 +175,7 @@ def tiny_args(tmp_path, **overrides) -> CVArgs:
     return CVArgs(**values)
 
 
-class RecordingReweighter:
+class RecordingWeighting:
     def __init__(self):
         self.calls = []
 
@@ -188,8 +188,8 @@ class RecordingReweighter:
 
 
 def test_cv_end_to_end_outputs(tmp_path):
-    reweighter = RecordingReweighter()
-    summary = train_cv(tiny_args(tmp_path), reweighter=reweighter)
+    weighting = RecordingWeighting()
+    summary = train_cv(tiny_args(tmp_path), sample_weighting=weighting)
     run = tmp_path / "runs" / "run"
     assert summary["finished"] and summary["teacher_steps"] == 8 and summary["student_steps"] == 16
     assert summary["best_epoch"] in (1, 2)
@@ -202,9 +202,9 @@ def test_cv_end_to_end_outputs(tmp_path):
                 "lot/teacher_kl", "lot/student_loss", "lot/student_only_loss", "charts/learning_rate"):
         assert tag in rows[0], tag
     assert rows[1]["reweight/calls"] == 8.0
-    # The reweighter saw each training image once per epoch (32 = 40 - 8 validation), on augmented inputs.
-    seen = torch.cat([c[0] for c in reweighter.calls[:4]])
-    assert sorted(seen.tolist()) == list(range(32)) and reweighter.calls[0][1] == (8, 3, 32, 32)
+    # The sample weighting saw each training image once per epoch (32 = 40 - 8 validation), on augmented inputs.
+    seen = torch.cat([c[0] for c in weighting.calls[:4]])
+    assert sorted(seen.tolist()) == list(range(32)) and weighting.calls[0][1] == (8, 3, 32, 32)
     # The test figures are the best epoch's models: recompute them from best.pt.
     best = load_checkpoint(run / "best.pt", kind="cv-best")
     assert best["epoch"] == summary["best_epoch"]

@@ -6,6 +6,7 @@ presses FIRE launches every ball and loses its five lives quickly; a student tha
 relaunches the ball after the first life and plays until the frame cap.
 """
 
+import argparse
 import json
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_evaluation_is_reproducible(random_run, seeded):
 
 
 def test_invalid_flavours_list_the_valid_values(random_run):
-    ckpt = evaluation.load(random_run)
+    ckpt = evaluation.load_train_checkpoint(random_run)
     with pytest.raises(LoTUserError, match=r"no mode 3; valid modes: \[0, 4, 8,.*44\]"):
         evaluation.resolve_settings(ckpt, evaluation.EvalSettings(mode=3))
     with pytest.raises(LoTUserError, match=r"no difficulty 7; valid difficulties: \[0, 1\]"):
@@ -153,7 +154,7 @@ def test_invalid_flavours_list_the_valid_values(random_run):
 
 
 def test_sticky_actions_follow_the_protocol(random_run):
-    ckpt = evaluation.load(random_run)
+    ckpt = evaluation.load_train_checkpoint(random_run)
     resolve = lambda **kw: evaluation.resolve_settings(ckpt, evaluation.EvalSettings(**kw))["sticky"]
     assert resolve() == 0.0  # as trained on a v4 id
     assert resolve(sticky=0.25) == 0.25
@@ -305,3 +306,15 @@ def test_greedy_and_sample_exclude_each_other(random_run):
     with pytest.raises(SystemExit) as exc:
         main(["eval", str(random_run), "--greedy", "--sample"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["eval", "compare"])
+def test_train_spellings_of_sticky_actions_and_backend_are_accepted(command):
+    parser = argparse.ArgumentParser()
+    evaluation.configure_parser(parser, command)
+    runs = ["a"] if command == "eval" else ["a", "b"]
+    train_spelling = evaluation.settings_from_args(parser.parse_args(
+        [*runs, "--repeat-action-probability", "0.25", "--env-backend", "gymnasium"]))
+    eval_spelling = evaluation.settings_from_args(parser.parse_args([*runs, "--sticky", "0.25", "--backend", "gymnasium"]))
+    assert train_spelling == eval_spelling
+    assert (train_spelling.sticky, train_spelling.backend) == (0.25, "gymnasium")

@@ -15,13 +15,14 @@ from lot_rl.errors import LoTUserError
 from lot_rl.supervised.reweight import (DeepReweighter, DeepWeightNet, FeatureProbe, FitReweighting,
                                         L2RWReweighter, MWNetReweighter, WeightStats,
                                         build_reweighter, find_classifier_head, lookahead_parameters, lookahead_validation_loss,
-                                        normalize_batch_weights, per_sample_cross_entropy, student_parameters, validate_reweight_options)
+                                        normalize_batch_weights, per_sample_cross_entropy, trainable_parameters,
+                                        validate_reweight_options)
 from lot_rl.supervised.training import teacher_task_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (see conftest.py)
 
 
-class TinyStudent(nn.Module):
+class TinyModel(nn.Module):
     """Two-layer classifier; ``fc`` is the head whose input are the penultimate features."""
 
     def __init__(self, d_in: int = 4, hidden: int = 6, classes: int = 3, batch_norm: bool = False):
@@ -60,11 +61,11 @@ def warm_sgd(model, x, y, **sgd):
 ])
 def test_lookahead_equals_real_sgd_step(sgd):
     torch.manual_seed(0)
-    model = TinyStudent().double()
+    model = TinyModel().double()
     x, y = make_batch(dtype=torch.float64)
     opt = warm_sgd(model, x, y, **sgd)
     weights = torch.rand(len(y), dtype=torch.float64)
-    params = student_parameters(model)
+    params = trainable_parameters(model)
     loss = teacher_task_loss(functional_call(model, params, (x,)), y, weights)
     grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
     predicted = {n: p.detach().clone() for n, p in lookahead_parameters(params, grads, opt).items()}
@@ -75,8 +76,8 @@ def test_lookahead_equals_real_sgd_step(sgd):
 
 
 def test_lookahead_first_step_without_momentum_buffer_and_plain_fallbacks():
-    model = TinyStudent()
-    params = student_parameters(model)
+    model = TinyModel()
+    params = trainable_parameters(model)
     grads = {n: torch.ones_like(p) for n, p in params.items()}
     fresh = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # no buffers yet: buffer = gradient
     adam = torch.optim.Adam(model.parameters(), lr=0.01)  # documented simplification: plain step with its lr
@@ -94,7 +95,7 @@ def test_lookahead_first_step_without_momentum_buffer_and_plain_fallbacks():
 
 def _meta_setup(method):
     torch.manual_seed(1)
-    model = TinyStudent(batch_norm=True).double()
+    model = TinyModel(batch_norm=True).double()
     x, y = make_batch(10, seed=2, dtype=torch.float64)
     mx, my = make_batch(6, seed=3, dtype=torch.float64)
     opt = warm_sgd(model, x, y, lr=0.3, momentum=0.9, weight_decay=1e-3, nesterov=True)
@@ -170,7 +171,7 @@ def test_l2rw_zero_weight_for_sample_opposing_the_validation_gradient():
 def test_l2rw_weights_are_clamped_inner_products_with_the_validation_gradient():
     """For plain SGD, -dL_val/d eps_i = lr * <grad L_val, grad l_i> (exact at eps = 0)."""
     torch.manual_seed(0)
-    model = TinyStudent()
+    model = TinyModel()
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     x, y = make_batch(12, seed=5)
     mx, my = make_batch(7, seed=6)
@@ -187,13 +188,13 @@ def test_l2rw_weights_are_clamped_inner_products_with_the_validation_gradient():
 
 
 # ------------------------------------------------------------------------------------------------------
-# The teacher learns only through the validation loss; the student is not touched by the meta step
+# The weighter learns only through the validation loss; the model is not touched by the meta step
 # ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["l2rw", "mwnet", "deep"])
-def test_meta_step_leaves_the_student_untouched(method):
+def test_meta_step_leaves_the_model_untouched(method):
     torch.manual_seed(0)
-    model = TinyStudent(batch_norm=True)
+    model = TinyModel(batch_norm=True)
     x, y = make_batch(16, seed=1)
     opt = warm_sgd(model, x, y, lr=0.1, momentum=0.9, weight_decay=1e-3)
     before = copy.deepcopy(model.state_dict())
@@ -202,7 +203,7 @@ def test_meta_step_leaves_the_student_untouched(method):
     rw = build_reweighter(method, model, opt, mx, my, num_classes=3, meta_lr=0.05)
     net_before = copy.deepcopy(rw.weight_net.state_dict()) if hasattr(rw, "weight_net") else None
     logits = model(x)
-    before_forward_bn = copy.deepcopy(model.state_dict())  # the student's own forward updates BN stats
+    before_forward_bn = copy.deepcopy(model.state_dict())  # the model's own forward updates BN stats
     w = rw.weights(x, y, logits, progress=0.5)
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, before_forward_bn[k], rtol=0, atol=0)
@@ -210,23 +211,23 @@ def test_meta_step_leaves_the_student_untouched(method):
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(opt.state[p]["momentum_buffer"], buffers[id(p)]) for p in model.parameters())
     assert w.shape == (16,) and not w.requires_grad and w.mean().item() == pytest.approx(1.0, abs=1e-5)
-    # the student's real step on the weighted loss sends no gradient into the weighting network
+    # the model's real step on the weighted loss sends no gradient into the weighting network
     teacher_task_loss(logits, y, w).backward()
     if net_before is not None:
         moved = [not torch.equal(net_before[k], v) for k, v in rw.weight_net.state_dict().items()]
-        assert any(moved)  # the meta step did update the teacher
+        assert any(moved)  # the meta step did update the weighter
         grads_after_meta = [p.grad.clone() for p in rw.weight_net.parameters()]
         teacher_task_loss(model(x), y, w).backward()
         for p, g in zip(rw.weight_net.parameters(), grads_after_meta):
-            assert torch.equal(p.grad, g)  # untouched by the student's backward
+            assert torch.equal(p.grad, g)  # untouched by the model's backward
 
 
 @pytest.mark.parametrize("method", ["mwnet", "deep"])
-def test_teacher_gradient_vanishes_when_the_lookahead_cannot_move_the_student(method):
+def test_weighter_gradient_vanishes_when_the_lookahead_cannot_move_the_model(method):
     """With lr = 0 the lookahead is the identity, so the validation loss does not depend on the weights:
-    the teacher's gradient is exactly zero - the training loss alone gives it none."""
+    the weighter's gradient is exactly zero - the training loss alone gives it none."""
     torch.manual_seed(0)
-    model = TinyStudent()
+    model = TinyModel()
     x, y = make_batch(16, seed=1)
     opt = warm_sgd(model, x, y, lr=0.1, momentum=0.9, weight_decay=1e-3)
     for group in opt.param_groups:
@@ -240,9 +241,9 @@ def test_teacher_gradient_vanishes_when_the_lookahead_cannot_move_the_student(me
         torch.testing.assert_close(v, net_before[k], rtol=0, atol=0)
 
 
-def test_meta_interval_runs_the_meta_step_every_k_student_steps():
+def test_meta_interval_runs_the_meta_step_every_k_model_steps():
     torch.manual_seed(0)
-    model = TinyStudent()
+    model = TinyModel()
     x, y = make_batch(8)
     rw = build_reweighter("deep", model, torch.optim.SGD(model.parameters(), lr=0.1), *make_batch(4, seed=9),
                           num_classes=3, meta_interval=3)
@@ -255,7 +256,7 @@ def test_meta_interval_runs_the_meta_step_every_k_student_steps():
 
 def test_state_dict_round_trip_and_method_mismatch():
     torch.manual_seed(0)
-    model = TinyStudent()
+    model = TinyModel()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     meta = make_batch(20, seed=4)
     x, y = make_batch(8)
@@ -272,11 +273,11 @@ def test_state_dict_round_trip_and_method_mismatch():
 
 
 # ------------------------------------------------------------------------------------------------------
-# The deep teacher's inputs
+# The deep weighter's inputs
 # ------------------------------------------------------------------------------------------------------
 
 def test_probe_reads_penultimate_features_through_functional_call():
-    model = TinyStudent()
+    model = TinyModel()
     probe = FeatureProbe(model)
     x, _ = make_batch(5)
     params = {n: p * 2 for n, p in model.named_parameters()}
@@ -305,7 +306,7 @@ def test_deep_weight_net_depends_on_features_label_and_progress():
     assert not torch.allclose(base, net(feats + torch.randn(4, 6), logits, labels, 0.1))
     assert not torch.allclose(base, net(feats, logits, (labels + 1) % 3, 0.1))
     assert not torch.allclose(base, net(feats, logits, labels, 0.9))
-    # its inputs are detached: no gradient reaches the student's features or logits
+    # its inputs are detached: no gradient reaches the model's features or logits
     feats.requires_grad_(True)
     net(feats, logits, labels, 0.1).sum().backward()
     assert feats.grad is None
@@ -359,7 +360,7 @@ def test_bad_reweight_options(kwargs, match):
 
 
 def test_bad_options_at_construction():
-    model = TinyStudent()
+    model = TinyModel()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     meta = make_batch(4)
     with pytest.raises(LoTUserError, match="--reweight 'mw'"):
@@ -376,14 +377,14 @@ def test_bad_options_at_construction():
 
 
 # ------------------------------------------------------------------------------------------------------
-# Calling before or after the student's forward; the training-loop adapter
+# Calling before or after the model's forward; the training-loop adapter
 # ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["mwnet", "deep"])
 def test_weights_before_and_after_the_forward_agree(method):
     """Without logits the states come from the lookahead's own forward (or a side-effect-free one)."""
     torch.manual_seed(0)
-    model = TinyStudent(batch_norm=True)
+    model = TinyModel(batch_norm=True)
     x, y = make_batch(16, seed=1)
     meta = make_batch(8, seed=2)
     twins = []
@@ -401,7 +402,7 @@ def test_weights_before_and_after_the_forward_agree(method):
 
 def test_fit_adapter_passes_inputs_progress_and_corrupted_mask():
     torch.manual_seed(0)
-    model = TinyStudent()
+    model = TinyModel()
     meta = make_batch(8, seed=2)
     rw = build_reweighter("deep", model, torch.optim.SGD(model.parameters(), lr=0.1), *meta, num_classes=3)
     twin = build_reweighter("deep", model, torch.optim.SGD(model.parameters(), lr=0.1), *meta, num_classes=3)
@@ -424,7 +425,7 @@ def test_fit_adapter_passes_inputs_progress_and_corrupted_mask():
 
 
 # ------------------------------------------------------------------------------------------------------
-# End to end: short lot-rl cv runs on noisy digits through training.fit's reweighter hook
+# End to end: short lot-rl cv runs on noisy digits through training.fit's sample weighting
 # ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method, alpha", [("none", 0.0), ("l2rw", 0.0), ("mwnet", 0.0), ("deep", 0.5)])

@@ -9,8 +9,8 @@ Examples::
     lot-rl cv --label-noise 0.4 --reweight deep          # ... with per-sample weights learned on a clean meta set
     lot-rl cv --resume runs/<run-name>                   # continue a run
 
-From Python, :func:`train_cv` takes the options and an optional reweighter (per-sample weights of the
-teacher's task loss, see :class:`lot_rl.supervised.training.Reweighter`).
+From Python, :func:`train_cv` takes the options and an optional sample weighting (per-sample weights of the
+teacher's task loss, see :class:`lot_rl.supervised.training.SampleWeighting`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.models import PreResNet
 from lot_rl.supervised.reweight import REWEIGHT_METHODS, validate_reweight_options
 from lot_rl.supervised.training import (EXPERIMENT_FIELDS, LOT_FIELDS, Batch, CommonArgs, LoTSupervisedTrainer,
-                                        Reweighter, fit, make_trainer, prepare_run,
+                                        SampleWeighting, fit, make_trainer, prepare_run,
                                         print_summary, seed_everything, validate_common)
 
 CHECKPOINT_KIND = "cv"
@@ -229,17 +229,18 @@ def build(args: CVArgs, device: torch.device) -> tuple[CVTask, LoTSupervisedTrai
 
 
 def train_cv(args: CVArgs, resume: str | Path | None = None, max_steps: int | None = None,
-             reweighter: Reweighter | None = None) -> dict[str, Any]:
+             sample_weighting: SampleWeighting | None = None) -> dict[str, Any]:
     """Train (or continue) an image classification run; return its summary (see :func:`training.fit`).
 
-    ``reweighter`` replaces the one ``--reweight`` builds (see :class:`training.Reweighter`).
+    ``sample_weighting`` replaces the one ``--reweight`` builds (see :class:`training.SampleWeighting`).
     """
     device = resolve_device(args.device)
     # validates the options and reads the data first: a bad option or a missing file leaves no empty run folder
     task, trainer = build(args, device)
     run_dir, checkpoint = prepare_run(args, CHECKPOINT_KIND, args.dataset, resume)
-    reweighter = reweighter if reweighter is not None else task.reweighting
-    return fit(task, trainer, args, run_dir, args.epochs, checkpoint, max_steps, reweighter, desc=args.dataset)
+    sample_weighting = sample_weighting if sample_weighting is not None else task.reweighting
+    return fit(task, trainer, args, run_dir, args.epochs, checkpoint, max_steps, sample_weighting,
+               desc=args.dataset)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,35 +1,35 @@
-"""Sample reweighting by meta-gradients: a teacher that weights the student's training samples.
+"""Sample reweighting by meta-gradients: a *weighter* that weights the *model*'s training samples.
 
-The *student* is the network trained on the classification task (in ``lot-rl cv`` it is LoT's main
-model, the one that also pays the teachability penalty). A *reweighting teacher* gives each training
-sample a weight for its loss; it learns from a small clean validation ("meta") set, by asking how the
-student's validation loss would change if the student took its next optimizer step on the weighted loss.
-Three teachers, from least to most informed:
+The *model* is the network trained on the classification task (in ``lot-rl cv`` it is LoT's teacher, the
+one that also pays the teachability penalty; the reweighting papers call it "the student"). A *weighter*
+(their "teacher") gives each training sample a weight for its loss; it learns from a small clean
+validation ("meta") set, by asking how the model's validation loss would change if the model took its
+next optimizer step on the weighted loss. Three weighters, from least to most informed:
 
 ``l2rw``  (Ren et al. 2018, "Learning to Reweight Examples"): no network. The weight of sample i is
-          ``max(0, -d L_val(theta'(eps)) / d eps_i)`` at ``eps = 0``, where ``theta'(eps)`` is the student
+          ``max(0, -d L_val(theta'(eps)) / d eps_i)`` at ``eps = 0``, where ``theta'(eps)`` is the model
           after one lookahead step on ``sum_i eps_i l_i``; the weights are normalized per batch.
 ``mwnet`` (Shu et al. 2019, Meta-Weight-Net): an MLP ``loss -> weight`` trained by the meta-gradient.
 ``deep``  (Fan et al. 2021, "Learning to Reweight with Deep Interactions"): the weighting network reads
-          the student's *internal states* for the sample (see :class:`DeepWeightNet`) and is trained by the
+          the model's *internal states* for the sample (see :class:`DeepWeightNet`) and is trained by the
           same meta-gradient.
 
-The meta-gradient, with :func:`torch.func.functional_call` on the student's own module (no copied model
+The meta-gradient, with :func:`torch.func.functional_call` on the model's own module (no copied model
 classes)::
 
-    weighted training loss (weights from the teacher, with graph)
-      -> grads of the student's parameters (create_graph=True)
-      -> lookahead parameters theta' = the student's real optimizer step (SGD: momentum, Nesterov,
+    weighted training loss (weights from the weighter, with graph)
+      -> grads of the model's parameters (create_graph=True)
+      -> lookahead parameters theta' = the model's real optimizer step (SGD: momentum, Nesterov,
          weight decay, dampening read from the optimizer and its momentum buffers)
       -> validation loss L_val(theta') on a clean meta batch
-      -> gradient into the teacher's parameters (or into eps for l2rw).
+      -> gradient into the weighter's parameters (or into eps for l2rw).
 
-Nothing of this touches the student: its parameters, ``.grad``, BatchNorm running statistics and
+Nothing of this touches the model: its parameters, ``.grad``, BatchNorm running statistics and
 momentum buffers are left as they were (the lookahead works on clones of the buffers). The weights handed
-to the student's real step are detached, so the teacher is trained only through the validation loss.
+to the model's real step are detached, so the weighter is trained only through the validation loss.
 
 Per-batch normalization: every method hands out weights with mean 1 over the batch (``w * B / sum w``),
-so the student's effective learning rate is the same as without reweighting; what changes is *which*
+so the model's effective learning rate is the same as without reweighting; what changes is *which*
 samples count. A batch where l2rw finds no useful sample gets all-zero weights (Ren et al.).
 
 The clean meta set and the label noise it is meant for come from :mod:`lot_rl.supervised.data`
@@ -52,14 +52,14 @@ REWEIGHT_METHODS = ("none", "l2rw", "mwnet", "deep")
 
 
 # ----------------------------------------------------------------------------------------------------
-# Reading the student: logits and penultimate features through one forward
+# Reading the model: logits and penultimate features through one forward
 # ----------------------------------------------------------------------------------------------------
 
 HEAD_NAMES = ("fc", "classifier", "head", "linear", "output")
 
 
 def find_classifier_head(model: nn.Module, head: str | None = None) -> tuple[str, nn.Linear]:
-    """The student's final linear layer (its input is the penultimate feature vector).
+    """The model's final linear layer (its input is the penultimate feature vector).
 
     ``head`` names the submodule; by default the first of ``fc``, ``classifier``, ``head``, ``linear``,
     ``output`` that is an ``nn.Linear``, else the last ``nn.Linear`` registered in the model.
@@ -67,20 +67,20 @@ def find_classifier_head(model: nn.Module, head: str | None = None) -> tuple[str
     modules = dict(model.named_modules())
     if head is not None:
         require(isinstance(modules.get(head), nn.Linear),
-                f"the student has no nn.Linear submodule named {head!r} to read penultimate features from; "
+                f"the model has no nn.Linear submodule named {head!r} to read penultimate features from; "
                 f"linear layers: {', '.join(n for n, m in modules.items() if isinstance(m, nn.Linear)) or 'none'}")
         return head, modules[head]
     for name in HEAD_NAMES:
         if isinstance(modules.get(name), nn.Linear):
             return name, modules[name]
     linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)]
-    require(bool(linears), f"--reweight deep reads the student's penultimate features at the input of its final "
+    require(bool(linears), f"--reweight deep reads the model's penultimate features at the input of its final "
                            f"nn.Linear, but {type(model).__name__} has none")
     return linears[-1]
 
 
 class FeatureProbe:
-    """Remembers the input of the student's classifier head at every forward (its penultimate features).
+    """Remembers the input of the model's classifier head at every forward (its penultimate features).
 
     A forward pre-hook, so it works for any model, for ``model(x)`` and for
     ``functional_call(model, params, x)`` alike. Only the latest batch is kept, detached.
@@ -92,7 +92,7 @@ class FeatureProbe:
         self._handle = self.head.register_forward_pre_hook(self._remember)
 
     def _remember(self, module: nn.Module, inputs: tuple) -> None:
-        # detached: the teacher only reads them, and holding the graph would keep a forward's tensors alive
+        # detached: the weighter only reads them, and holding the graph would keep a forward's tensors alive
         self.features = inputs[0].detach()
 
     @property
@@ -121,20 +121,20 @@ class MetaWeightNet(nn.Module):
 
 
 class DeepWeightNet(nn.Module):
-    """Fan et al.'s teacher: a weight from the student's internal states for each sample.
+    """Fan et al.'s weighter (their "teacher"): a weight from the model's internal states for each sample.
 
-    Inputs (all detached from the student):
+    Inputs (all detached from the model):
 
     - ``features``: the penultimate-layer representation h (input of the classifier head). It is what the
-      earlier teachers lacked: a corrupted sample's features sit with its *true* class, so set against
+      earlier weighters lacked: a corrupted sample's features sit with its *true* class, so set against
       its label they betray the corruption even when the loss alone is ambiguous (hard-but-clean samples
-      also have a high loss). h is layer-normalized (its scale drifts as the student trains), projected,
+      also have a high loss). h is layer-normalized (its scale drifts as the model trains), projected,
       and made to *interact* with a learned embedding of the label: ``proj(h) * emb(y)``.
-    - ``probs``: the student's softmax output (which classes it confuses the sample with).
+    - ``probs``: the model's softmax output (which classes it confuses the sample with).
     - the label, as the embedding above.
     - scalars: probability of the label, margin ``p_y - max_{k != y} p_k``, the loss ``-log p_y`` and the
       entropy (both divided by ``log C``), and the training progress in [0, 1] (early in training every loss
-      is high; late, memorized noisy labels have low loss - the teacher must know when it is).
+      is high; late, memorized noisy labels have low loss - the weighter must know when it is).
 
     Output: ``sigmoid`` of a two-layer MLP over the concatenation.
     """
@@ -174,15 +174,15 @@ class DeepWeightNet(nn.Module):
 # The lookahead step and the meta-gradient (pure functions)
 # ----------------------------------------------------------------------------------------------------
 
-def student_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The student's trainable parameters by name (the ones the lookahead moves)."""
+def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's trainable parameters by name (the ones the lookahead moves)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
 def lookahead_parameters(params: Mapping[str, torch.Tensor], grads: Mapping[str, torch.Tensor | None],
                          optimizer: torch.optim.Optimizer | None, lr: float | None = None
                          ) -> dict[str, torch.Tensor]:
-    """The student's parameters after one optimizer step on ``grads``, differentiably (no in-place ops).
+    """The model's parameters after one optimizer step on ``grads``, differentiably (no in-place ops).
 
     For ``torch.optim.SGD`` this is its exact update: ``d = g + wd * p``; momentum buffer
     ``b = mu * b_prev + (1 - dampening) * d`` (``b = d`` on the first step); ``d = d + mu * b`` (Nesterov)
@@ -232,11 +232,11 @@ def per_sample_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torc
 
 
 class Lookahead(NamedTuple):
-    """What :func:`lookahead_validation_loss` computed: the loss to differentiate, and the student's states."""
+    """What :func:`lookahead_validation_loss` computed: the loss to differentiate, and the model's states."""
 
     validation_loss: torch.Tensor  # L_val(theta'), with the graph back to the weights
     weights: torch.Tensor  # the weights used in the lookahead (with graph)
-    logits: torch.Tensor  # the student's logits on the training batch at theta (detached)
+    logits: torch.Tensor  # the model's logits on the training batch at theta (detached)
     features: torch.Tensor | None  # its penultimate features there (detached; None without a probe)
 
 
@@ -246,15 +246,15 @@ def lookahead_validation_loss(model: nn.Module, optimizer: torch.optim.Optimizer
                               probe: FeatureProbe | None = None, lr: float | None = None) -> Lookahead:
     """The clean validation loss after a lookahead step on the weighted training loss.
 
-    ``weight_fn(losses, logits, features) -> weights`` is called on the student's detached states for the
+    ``weight_fn(losses, logits, features) -> weights`` is called on the model's detached states for the
     batch and must return per-sample weights that carry the graph back to whatever should be trained
     (the weighting network, or l2rw's ``eps``). The training loss is ``mean(weights * losses)``.
-    Returns a :class:`Lookahead`; differentiate its ``validation_loss`` w.r.t. the teacher's parameters.
+    Returns a :class:`Lookahead`; differentiate its ``validation_loss`` w.r.t. the weighter's parameters.
 
-    The student module is called through :func:`torch.func.functional_call` with its own parameters and
+    The model is called through :func:`torch.func.functional_call` with its own parameters and
     *clones* of its buffers, so BatchNorm statistics and the real parameters stay untouched.
     """
-    params = student_parameters(model)
+    params = trainable_parameters(model)
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     logits = functional_call(model, (params, buffers), (inputs,))
     features = probe.features.detach() if probe is not None else None
@@ -268,16 +268,16 @@ def lookahead_validation_loss(model: nn.Module, optimizer: torch.optim.Optimizer
     return Lookahead(per_sample_cross_entropy(meta_logits, meta_labels).mean(), weights, logits.detach(), features)
 
 
-def student_states(model: nn.Module, inputs: torch.Tensor, probe: FeatureProbe | None = None
+def model_states(model: nn.Module, inputs: torch.Tensor, probe: FeatureProbe | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The student's logits and penultimate features on ``inputs``, without autograd and without side effects.
+    """The model's logits and penultimate features on ``inputs``, without autograd and without side effects.
 
-    Runs in the student's current mode (train: batch statistics, as in its training step) on clones of
+    Runs in the model's current mode (train: batch statistics, as in its training step) on clones of
     its buffers, so BatchNorm running statistics do not move.
     """
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     with torch.no_grad():
-        logits = functional_call(model, (student_parameters(model), buffers), (inputs,))
+        logits = functional_call(model, (trainable_parameters(model), buffers), (inputs,))
     return logits, (probe.features.detach() if probe is not None else None)
 
 
@@ -334,9 +334,9 @@ class WeightStats:
 
 
 class Reweighter:
-    """Base class: per-sample weights for the student's task loss, and the meta step that teaches them.
+    """Base class: per-sample weights for the model's task loss, and the meta step that teaches them.
 
-    Use in a training step, after the student's forward and before its loss::
+    Use in a training step, after the model's forward and before its loss::
 
         logits = model(x)                                   # the probe sees the features
         weights = reweighter.weights(x, y, logits, progress)  # detached, mean 1 over the batch
@@ -344,11 +344,11 @@ class Reweighter:
         reweighter.record(weights, corrupted_mask)          # optional: for the logged statistics
 
     Args:
-        model: the student (its own module; the meta step calls it through ``functional_call``).
-        optimizer: the student's optimizer; the lookahead mirrors its step (see :func:`lookahead_parameters`).
+        model: the model being trained (its own module; the meta step calls it through ``functional_call``).
+        optimizer: the model's optimizer; the lookahead mirrors its step (see :func:`lookahead_parameters`).
         meta_inputs, meta_labels: the clean meta set (moved to the model's device on first use).
         meta_batch_size: samples drawn (without replacement) from the meta set per meta step.
-        meta_interval: run the meta step every this many student steps.
+        meta_interval: run the meta step every this many model steps.
         seed: seeds the meta-batch draws.
     """
 
@@ -366,7 +366,7 @@ class Reweighter:
         self.meta_batch_size = min(meta_batch_size, len(meta_inputs))
         self.meta_interval = meta_interval
         self.generator = torch.Generator().manual_seed(seed)
-        self.steps = 0  # student steps seen
+        self.steps = 0  # model steps seen
         self.meta_steps = 0
         self.stats = WeightStats()
 
@@ -387,10 +387,10 @@ class Reweighter:
                 progress: float = 0.0) -> torch.Tensor:
         """Weights for this batch (detached, mean 1); runs the meta step first when it is due.
 
-        Call it before or after the student's forward on the batch. After: pass that forward's ``logits``
+        Call it before or after the model's forward on the batch. After: pass that forward's ``logits``
         (the feature probe has just seen the features) and no extra forward is needed. Before
         (``logits=None``): the states come from the meta step's own forward at the same parameters, or,
-        on steps without a meta step, from one side-effect-free forward (:func:`student_states`).
+        on steps without a meta step, from one side-effect-free forward (:func:`model_states`).
         ``progress`` is the fraction of training done, in [0, 1].
         """
         raise NotImplementedError
@@ -484,14 +484,14 @@ class LearnedReweighter(Reweighter):
             features = self.probe.features
             require(features is not None and features.shape[0] == len(inputs),
                     f"the feature probe holds no features for this batch of {len(inputs)}; pass logits only "
-                    f"right after the student's forward on the batch (or pass logits=None)")
+                    f"right after the model's forward on the batch (or pass logits=None)")
             features = features.detach()
         if self.meta_due():
             look = self.meta_step(inputs, labels, progress)
             if logits is None:  # the lookahead's forward ran at the same parameters: reuse its states
                 logits, features = look.logits, look.features
         elif logits is None:
-            logits, features = student_states(self.model, inputs, self.probe)
+            logits, features = model_states(self.model, inputs, self.probe)
         self.steps += 1
         with torch.no_grad():
             logits = logits.detach()
@@ -521,7 +521,7 @@ class MWNetReweighter(LearnedReweighter):
 
 
 class DeepReweighter(LearnedReweighter):
-    """Fan et al. 2021: the weight is a learned function of the student's internal states."""
+    """Fan et al. 2021: the weight is a learned function of the model's internal states."""
 
     method = "deep"
 
@@ -538,7 +538,8 @@ class DeepReweighter(LearnedReweighter):
 
 
 class FitReweighting:
-    """A :class:`Reweighter` behind :func:`lot_rl.supervised.training.fit`'s reweighter hook.
+    """A :class:`Reweighter` as :func:`lot_rl.supervised.training.fit`'s ``sample_weighting``
+    (a :class:`lot_rl.supervised.training.SampleWeighting`).
 
     ``fit`` calls ``weights(indices, labels, inputs=...)`` before each teacher step and logs
     ``epoch_metrics()`` with the epoch's train metrics. This adapter runs the reweighter on the batch's
@@ -617,8 +618,8 @@ def build_reweighter(method: str, model: nn.Module, optimizer: torch.optim.Optim
 
 __all__ = [
     "REWEIGHT_METHODS", "find_classifier_head", "FeatureProbe",
-    "MetaWeightNet", "DeepWeightNet", "student_parameters", "lookahead_parameters", "lookahead_validation_loss",
+    "MetaWeightNet", "DeepWeightNet", "trainable_parameters", "lookahead_parameters", "lookahead_validation_loss",
     "per_sample_cross_entropy", "normalize_batch_weights", "WeightStats", "Reweighter", "L2RWReweighter",
     "LearnedReweighter", "MWNetReweighter", "DeepReweighter", "validate_reweight_options", "build_reweighter",
-    "student_states", "Lookahead", "FitReweighting",
+    "model_states", "Lookahead", "FitReweighting",
 ]

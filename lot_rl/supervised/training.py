@@ -313,8 +313,10 @@ class Task(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class Reweighter(Protocol):
-    """Optional per-sample weights of the teacher's task loss (sample reweighting plugs in here).
+class SampleWeighting(Protocol):
+    """Optional per-sample weights of the teacher's task loss: where sample reweighting plugs into :func:`fit`.
+
+    (:class:`lot_rl.supervised.reweight.FitReweighting` is one; a ``reweight.Reweighter`` is what it wraps.)
 
     ``weights(indices, labels, inputs=...)`` is called before each teacher step with the batch's positions
     in the training set, its labels and its (augmented, normalized) inputs, and returns one weight per
@@ -337,7 +339,8 @@ def prepare_run(args: CommonArgs, kind: str, dataset: str, resume: str | Path | 
 
 
 def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Path, epochs: int,
-        checkpoint: dict | None = None, max_steps: int | None = None, reweighter: Reweighter | None = None,
+        checkpoint: dict | None = None, max_steps: int | None = None,
+        sample_weighting: SampleWeighting | None = None,
         extra_state: dict[str, Any] | None = None, desc: str = "") -> dict[str, Any]:
     """Train for ``epochs`` epochs of ``task.steps_per_epoch`` teacher steps; return the final summary.
 
@@ -354,8 +357,8 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint["trainer"])
         task.load_state_dict(checkpoint["task"])
-        if checkpoint.get("reweighter") is not None and hasattr(reweighter, "load_state_dict"):
-            reweighter.load_state_dict(checkpoint["reweighter"])
+        if checkpoint.get("reweighter") is not None and hasattr(sample_weighting, "load_state_dict"):
+            sample_weighting.load_state_dict(checkpoint["reweighter"])
         epoch, step_in_epoch, global_step = checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["global_step"]
         sums, best, elapsed = checkpoint["sums"], checkpoint["best"], checkpoint["elapsed"]
         set_rng_state(checkpoint["rng"])
@@ -363,7 +366,7 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
     def write_checkpoint() -> None:
         save_checkpoint(run_dir / CHECKPOINT_NAME, task.kind, {
             "config": cfg_lib.to_dict(args), "trainer": trainer.state_dict(), "task": task.state_dict(),
-            "reweighter": reweighter.state_dict() if hasattr(reweighter, "state_dict") else None,
+            "reweighter": sample_weighting.state_dict() if hasattr(sample_weighting, "state_dict") else None,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "sums": sums,
             "best": best, "elapsed": elapsed + time.time() - start, "rng": rng_state(), **(extra_state or {})})
 
@@ -381,11 +384,11 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
             while step_in_epoch < task.steps_per_epoch:
                 batch = task.teacher_batch()
                 weights = None
-                if reweighter is not None:
-                    weights = reweighter.weights(batch.indices, batch.labels, inputs=batch.inputs)
+                if sample_weighting is not None:
+                    weights = sample_weighting.weights(batch.indices, batch.labels, inputs=batch.inputs)
                 stats, teacher_logits = trainer.teacher_step(batch.inputs, batch.labels, weights, batch.forward)
-                if reweighter is not None and hasattr(reweighter, "observe"):
-                    reweighter.observe(batch.indices, teacher_logits, batch.labels)
+                if sample_weighting is not None and hasattr(sample_weighting, "observe"):
+                    sample_weighting.observe(batch.indices, teacher_logits, batch.labels)
                 imitation = [trainer.student_step(b.inputs, b.labels, b.forward)
                              for b in (task.student_batch() for _ in range(max(ratio - 1, 0)))]
                 if imitation:
@@ -410,8 +413,8 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
                 break
             # ---- end of epoch: train means, validation, best, checkpoint
             scalars = task.train_metrics(_epoch_means(sums))
-            if reweighter is not None and hasattr(reweighter, "epoch_metrics"):
-                for key, value in reweighter.epoch_metrics().items():
+            if sample_weighting is not None and hasattr(sample_weighting, "epoch_metrics"):
+                for key, value in sample_weighting.epoch_metrics().items():
                     scalars.setdefault(key, value)  # a task wrapper may have logged them already
             scalars.update(task.evaluate(trainer, "val"))
             scalars["charts/learning_rate"] = trainer.optimizer.param_groups[0]["lr"]
