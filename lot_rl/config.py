@@ -22,9 +22,24 @@ import yaml
 from lot_rl.errors import LoTUserError
 
 
-def option(default: Any, help: str, choices: typing.Sequence[Any] | None = None, **kwargs) -> Any:
-    """A dataclass field carrying its command-line help (and optional choices)."""
-    metadata = {"help": help, "choices": choices}
+def option(default: Any, help: str, choices: typing.Sequence[Any] | None = None, *,
+           flags: typing.Sequence[str] = (), metavar: str | None = None, default_text: str | None = None,
+           negative: tuple[str, str] | None = None, repeat: bool = False, **kwargs) -> Any:
+    """A dataclass field carrying its command-line help (and optional choices).
+
+    Args:
+        flags: the command-line spellings (default: ``--field-name``); the first is the one ``--help`` shows
+            first, the others are accepted as the same option (e.g. ``("--sticky", "--repeat-action-probability")``).
+        metavar: the value's name in ``--help`` (default: the field name in capitals).
+        default_text: how ``--help`` states the default, for a default whose meaning its value does not
+            show (``None`` meaning "as trained"); ``""`` states none.
+        negative: for a bool: ``(flag, help)`` of the switch that sets it False (e.g. ``("--sample", ...)``),
+            mutually exclusive with the flag that sets it True, instead of ``--no-field-name``.
+        repeat: for a list: the flag takes one value and is repeated (``--metric a --metric b``), instead
+            of taking several values at once.
+    """
+    metadata = {"help": help, "choices": choices, "flags": tuple(flags), "metavar": metavar,
+                "default_text": default_text, "negative": negative, "repeat": repeat}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
@@ -50,7 +65,7 @@ def _base_type(annotation: Any) -> tuple[Any, bool]:
 
 
 def add_options(parser: argparse.ArgumentParser, cls, group_of: dict[str, str] | None = None) -> None:
-    """Add one ``--kebab-case`` option per field of dataclass ``cls``.
+    """Add one ``--kebab-case`` option per field of dataclass ``cls`` (see :func:`option` for the variants).
 
     Defaults are ``argparse.SUPPRESS`` so that :func:`resolve` can tell what the user typed; the help
     line still shows the dataclass default. ``group_of`` maps field names to ``--help`` section titles.
@@ -58,7 +73,8 @@ def add_options(parser: argparse.ArgumentParser, cls, group_of: dict[str, str] |
     groups: dict[str, argparse._ArgumentGroup] = {}
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):
-        if not f.metadata.get("help"):
+        meta = f.metadata
+        if not meta.get("help"):
             continue
         title = (group_of or {}).get(f.name)
         target = parser
@@ -66,18 +82,31 @@ def add_options(parser: argparse.ArgumentParser, cls, group_of: dict[str, str] |
             target = groups.setdefault(title, parser.add_argument_group(title))
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         typ, is_list = _base_type(hints[f.name])
+        flags = meta.get("flags") or (_flag(f.name),)
         kwargs: dict[str, Any] = {"default": argparse.SUPPRESS, "dest": f.name}
-        help_text = f"{f.metadata['help']} (default: {default!r})"
+        shown = meta.get("default_text")
+        shown = repr(default) if shown is None else shown
+        help_text = f"{meta['help']} (default: {shown})" if shown else meta["help"]
+        if typ is bool and meta.get("negative"):
+            negative_flag, negative_help = meta["negative"]
+            pair = target.add_mutually_exclusive_group()
+            pair.add_argument(*flags, action="store_true", help=meta["help"] + (" (default)" if default else ""),
+                              **kwargs)
+            pair.add_argument(negative_flag, action="store_false",
+                              help=negative_help + ("" if default else " (default)"), **kwargs)
+            continue
         if typ is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = typ
-            kwargs["metavar"] = f.name.upper() if not f.metadata.get("choices") else None
-            if is_list:
+            kwargs["metavar"] = meta.get("metavar") or (f.name.upper() if not meta.get("choices") else None)
+            if is_list and meta.get("repeat"):
+                kwargs["action"] = "append"
+            elif is_list:
                 kwargs["nargs"] = "*"
-            if f.metadata.get("choices"):
-                kwargs["choices"] = f.metadata["choices"]
-        target.add_argument(_flag(f.name), help=help_text.replace("%", "%%"), **kwargs)
+            if meta.get("choices"):
+                kwargs["choices"] = meta["choices"]
+        target.add_argument(*flags, help=help_text.replace("%", "%%"), **kwargs)
 
 
 def add_run_options(parser: argparse.ArgumentParser, cls, presets: dict[str, dict[str, Any]], preset_help: str,
@@ -161,6 +190,13 @@ def resolve(cls, cli_values: dict[str, Any], presets: dict[str, dict[str, Any]] 
     values.update(cli_values)
     _check_known(cls, values, "the options")
     return cls(**values)
+
+
+def from_namespace(cls, ns: argparse.Namespace):
+    """``cls`` from the options of ``cls`` that the command line gave (see :func:`add_options`), defaults
+    for the rest; other names in ``ns`` (positionals, other dataclasses' options) are left out."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return resolve(cls, {k: v for k, v in vars(ns).items() if k in names})
 
 
 def to_dict(cfg) -> dict[str, Any]:

@@ -28,15 +28,17 @@ import argparse
 import itertools
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from lot_rl import config as cfg_lib
 from lot_rl import stats
 from lot_rl.checkpoint import load_checkpoint
+from lot_rl.envs.atari import BACKENDS
 from lot_rl.errors import LoTUserError, require
 from lot_rl.plotting import plot_comparison
 from lot_rl.runlog import check_writable_file, ensure_writable_dir, progress_bar
@@ -284,11 +286,12 @@ def _video_slug(policy: str, mode: int | None, difficulty: int | None) -> str:
 
 def play_games(env, logits_fn: Callable[[torch.Tensor], torch.Tensor], episodes: int, *, greedy: bool = True,
                seed: int = 0, device: torch.device | str = "cpu", recorder: _VideoRecorder | None = None,
-               desc: str = "") -> tuple[list[float], list[int], list[bool]]:
+               desc: str = "", max_frames: int | None = None) -> tuple[list[float], list[int], list[bool]]:
     """Play until each env has finished its share of games; (returns, lengths, truncated), env-major order.
 
     Game ``k`` of the result is the ``j``-th game of env ``i`` in env order (env 0's games first), which
-    does not depend on which env happens to finish first.
+    does not depend on which env happens to finish first. A game counts as truncated when the env says so
+    or, given the env's frame cap ``max_frames``, when it lasted that long.
     """
     device = torch.device(device)
     shares = episode_shares(episodes, env.num_envs)
@@ -297,7 +300,6 @@ def play_games(env, logits_fn: Callable[[torch.Tensor], torch.Tensor], episodes:
     games: list[list[tuple[float, int, bool]]] = [[] for _ in shares]
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    max_frames = getattr(env, "max_episode_frames", None)
     obs, _ = env.reset(seed=seed)
     if recorder is not None:
         for i in range(env.num_envs):
@@ -339,24 +341,30 @@ def play_games(env, logits_fn: Callable[[torch.Tensor], torch.Tensor], episodes:
 
 @dataclass
 class EvalSettings:
-    """How to evaluate; ``None`` values are resolved from the checkpoint (see :func:`resolve_settings`)."""
+    """How to evaluate (the options ``lot-rl eval`` and ``compare`` share); ``None`` values are resolved from
+    the checkpoint (see :func:`resolve_settings`)."""
 
-    episodes: int = 30
-    greedy: bool = True
-    seed: int = 0
-    num_envs: int = 8
-    sticky: float | None = None
-    mode: int | None = None
-    difficulty: int | None = None
-    max_frames: int = MAX_EPISODE_FRAMES
-    env_id: str | None = None
-    backend: str | None = None  # None: the fast native ALE env, unless flavours or videos need gymnasium
-    device: str = "auto"
+    episodes: int = cfg_lib.option(30, "games per policy")
+    greedy: bool = cfg_lib.option(True, "act by the argmax of the policy logits",
+                                  negative=("--sample", "sample actions from the policy"))
+    seed: int = cfg_lib.option(0, "seed of the games and of sampling")
+    num_envs: int = cfg_lib.option(8, "games played in parallel")
+    sticky: float | None = cfg_lib.option(None, "sticky-action probability; 0.25 is the ALE v5 protocol",
+                                          flags=("--sticky", "--repeat-action-probability"), metavar="P",
+                                          default_text="as trained")
+    mode: int | None = cfg_lib.option(None, "ALE game mode", default_text="the game's default")
+    difficulty: int | None = cfg_lib.option(None, "ALE game difficulty", default_text="the game's default")
+    max_frames: int = cfg_lib.option(MAX_EPISODE_FRAMES, "emulator frames after which a game is cut",
+                                     default_text=f"{MAX_EPISODE_FRAMES:,}")
+    env_id: str | None = cfg_lib.option(None, "Atari id", default_text="the checkpoint's; must be the same game")
+    backend: str | None = cfg_lib.option(None, "env backend", choices=BACKENDS, flags=("--backend", "--env-backend"),
+                                         default_text="ale, or gymnasium when flavours or videos need it")
+    device: str = cfg_lib.option("auto", "torch device: auto, cpu, cuda, cuda:N")
 
 
 def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict[str, Any]:
     """Validate ``settings`` against the checkpoint and fill in its game, actions and sticky actions."""
-    from lot_rl.envs.atari import BACKENDS, parse_env_id, validate_flavour
+    from lot_rl.envs.atari import parse_env_id, validate_flavour
 
     config = checkpoint.get("config", {})
     trained_id = config.get("env_id")
@@ -404,7 +412,6 @@ def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, A
         require(actions == int(checkpoint["num_actions"]),
                 f"checkpoint {checkpoint.get('path')} has {checkpoint['num_actions']} actions but "
                 f"{resolved['env_id']} has {actions} here (full_action_space differs?)")
-        env.max_episode_frames = resolved["max_frames"]
         recorder = None
         if record:
             shares = episode_shares(resolved["episodes"], resolved["num_envs"])
@@ -414,7 +421,8 @@ def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, A
             recorder = _VideoRecorder(env, video_dir, wanted)
         returns, lengths, truncated = play_games(
             env, logits_fn, resolved["episodes"], greedy=resolved["greedy"], seed=resolved["seed"], device=device,
-            recorder=recorder, desc=f"{policy} {flavour_name(resolved['mode'], resolved['difficulty'])}")
+            recorder=recorder, desc=f"{policy} {flavour_name(resolved['mode'], resolved['difficulty'])}",
+            max_frames=resolved["max_frames"])
     finally:
         env.close()
     used = {**resolved, "backend": backend}
@@ -457,29 +465,27 @@ def evaluate(checkpoint: str | os.PathLike | dict[str, Any], policy: str | Seque
                       config=ckpt.get("config", {}), settings=report_settings, results=results)
 
 
-def evaluate_policy(checkpoint: str | os.PathLike | dict[str, Any], policy: str = "teacher", episodes: int = 30,
-                    greedy: bool = True, seed: int = 0, num_envs: int = 8, sticky: float | None = None,
-                    mode: int | None = None, difficulty: int | None = None,
-                    video_dir: str | os.PathLike | None = None, video_episodes: int = 1,
-                    max_frames: int = MAX_EPISODE_FRAMES, env_id: str | None = None, device: str = "auto",
-                    backend: str | None = None) -> EvalResult:
-    """Play ``episodes`` full games with one policy (``teacher`` or ``student:N``) of a checkpoint.
+def evaluate_policy(checkpoint: str | os.PathLike | dict[str, Any], policy: str = "teacher",
+                    settings: EvalSettings | None = None, *, video_dir: str | os.PathLike | None = None,
+                    video_episodes: int = 1, **overrides: Any) -> EvalResult:
+    """Play full games with one policy (``teacher`` or ``student:N``) of a checkpoint.
 
     Args:
         checkpoint: a run folder, a ``checkpoint.pt`` file, or a loaded checkpoint dict.
-        greedy: act by the argmax of the logits (default) or sample from the policy.
-        seed: seeds the games (and the sampling); the same seed gives the same returns.
-        sticky: probability of repeating the previous action (0.25: the ALE v5 protocol); None: as trained.
-        mode, difficulty: an ALE game flavour (must be one the game offers).
+        settings: how to play (:class:`EvalSettings`: episodes, greedy or sampled actions, seed, sticky
+            actions, game flavour, frame cap, ...); default ``EvalSettings()``.
         video_dir: record the first ``video_episodes`` games as MP4 there.
-        max_frames: emulator frames after which a game is cut (standard: 108,000).
+        overrides: :class:`EvalSettings` fields that replace those of ``settings``
+            (``evaluate_policy(run, episodes=50, sticky=0.25)``).
     Returns:
         an :class:`EvalResult` (returns, lengths in frames, truncation flags, settings, video paths).
     """
     require(isinstance(policy, str) and policy != "all" and "," not in policy,
             f"evaluate_policy evaluates one policy, got {policy!r}; use evaluate() for several")
-    settings = EvalSettings(episodes=episodes, greedy=greedy, seed=seed, num_envs=num_envs, sticky=sticky, mode=mode,
-                            difficulty=difficulty, max_frames=max_frames, env_id=env_id, backend=backend, device=device)
+    names = [f.name for f in fields(EvalSettings)]
+    unknown = sorted(set(overrides) - set(names))
+    require(not unknown, f"evaluate_policy: unknown setting(s) {', '.join(unknown)}; settings are {', '.join(names)}")
+    settings = replace(settings or EvalSettings(), **overrides)
     return evaluate(checkpoint, policy, settings, video_dir=video_dir, video_episodes=video_episodes).results[0]
 
 
@@ -626,73 +632,68 @@ def format_comparison(entries: Sequence[CompareEntry]) -> str:
 # Command line
 
 
+@dataclass
+class EvalArgs:
+    """``lot-rl eval``'s own options (the games are played with :class:`EvalSettings`)."""
+
+    policy: str = cfg_lib.option("teacher", "teacher, student:N, all, or a comma list")
+    json: str | None = cfg_lib.option(None, "write every game's return and length, the checkpoint's step and config, "
+                                            "and the settings as JSON", metavar="PATH", default_text="")
+    flavours: str | None = cfg_lib.option(None, "all: also play every mode x difficulty of the game, beside the "
+                                                "default flavour", choices=("all",), default_text="")
+    video: str | None = cfg_lib.option(None, "record the first games as MP4 in DIR", metavar="DIR", default_text="")
+    video_episodes: int = cfg_lib.option(1, "games recorded per policy (and flavour) with --video", metavar="K")
+
+
+@dataclass
+class CompareArgs:
+    """``lot-rl compare``'s own options (the games are played with :class:`EvalSettings`)."""
+
+    labels: list[str] | None = cfg_lib.option(None, "a name per run", default_text="folder names")
+    policy: str = cfg_lib.option("teacher", "teacher or student:N")
+    plot: str | None = cfg_lib.option(None, "also draw the comparison", metavar="FILE.png", default_text="")
+
+
 def configure_parser(parser: argparse.ArgumentParser, command: str = "eval") -> None:
     if command == "compare":
         parser.description = ("Evaluate several runs with the same settings (or read their saved 'lot-rl eval "
                               "--json' files) and compare them side by side: IQM with 95% bootstrap intervals, "
                               "probability of improvement over the first run, and IQM difference.")
         parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders, checkpoint files or eval JSON files")
-        parser.add_argument("--labels", nargs="+", default=None, help="a name per run (default: folder names)")
-        parser.add_argument("--policy", default="teacher", help="teacher or student:N (default: teacher)")
-        parser.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the comparison")
+        cfg_lib.add_options(parser, CompareArgs)
     else:
         parser.description = ("Play full games (all lives, unclipped rewards, 108,000-frame cap) with the policies "
                               "of a checkpoint and report mean, std, median and IQM with a 95% bootstrap interval.")
         parser.add_argument("run", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder or checkpoint file")
-        parser.add_argument("--policy", default="teacher",
-                            help="teacher, student:N, all, or a comma list (default: teacher)")
-        parser.add_argument("--json", default=None, metavar="PATH",
-                            help="write every game's return and length, the checkpoint's step and config, and the "
-                                 "settings as JSON")
-        parser.add_argument("--flavours", choices=["all"], default=None,
-                            help="all: also play every mode x difficulty of the game, beside the default flavour")
-        parser.add_argument("--video", default=None, metavar="DIR", help="record the first games as MP4 in DIR")
-        parser.add_argument("--video-episodes", type=int, default=1, metavar="K",
-                            help="games recorded per policy (and flavour) with --video (default: 1)")
-    parser.add_argument("--episodes", type=int, default=30, help="games per policy (default: 30)")
-    action = parser.add_mutually_exclusive_group()
-    action.add_argument("--greedy", dest="greedy", action="store_true", default=True,
-                        help="act by the argmax of the policy logits (default)")
-    action.add_argument("--sample", dest="greedy", action="store_false", help="sample actions from the policy")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the games and of sampling (default: 0)")
-    parser.add_argument("--num-envs", type=int, default=8, help="games played in parallel (default: 8)")
-    parser.add_argument("--sticky", "--repeat-action-probability", type=float, default=None, metavar="P",
-                        help="sticky-action probability; 0.25 is the ALE v5 protocol (default: as trained)")
-    parser.add_argument("--mode", type=int, default=None, help="ALE game mode (default: the game's default)")
-    parser.add_argument("--difficulty", type=int, default=None,
-                        help="ALE game difficulty (default: the game's default)")
-    parser.add_argument("--max-frames", type=int, default=MAX_EPISODE_FRAMES,
-                        help=f"emulator frames after which a game is cut (default: {MAX_EPISODE_FRAMES:,})")
-    parser.add_argument("--env-id", default=None, help="Atari id (default: the checkpoint's; must be the same game)")
-    parser.add_argument("--backend", "--env-backend", choices=["ale", "gymnasium"], default=None,
-                        help="env backend (default: ale, or gymnasium when flavours or videos need it)")
-    parser.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N (default: auto)")
+        cfg_lib.add_options(parser, EvalArgs)
+    cfg_lib.add_options(parser, EvalSettings)
 
 
 def settings_from_args(ns: argparse.Namespace) -> EvalSettings:
-    return EvalSettings(episodes=ns.episodes, greedy=ns.greedy, seed=ns.seed, num_envs=ns.num_envs, sticky=ns.sticky,
-                        mode=ns.mode, difficulty=ns.difficulty, max_frames=ns.max_frames, env_id=ns.env_id,
-                        backend=ns.backend, device=ns.device)
+    """The :class:`EvalSettings` of a parsed ``lot-rl eval`` or ``compare`` command line."""
+    return cfg_lib.from_namespace(EvalSettings, ns)
 
 
 def run_command(ns: argparse.Namespace, command: str = "eval") -> int:
     settings = settings_from_args(ns)
     if command == "compare":
-        if ns.plot:
-            check_writable_file(ns.plot, "--plot")
-        entries = compare_runs(ns.runs, settings, policy=ns.policy, labels=ns.labels)
+        args = cfg_lib.from_namespace(CompareArgs, ns)
+        if args.plot:
+            check_writable_file(args.plot, "--plot")
+        entries = compare_runs(ns.runs, settings, policy=args.policy, labels=args.labels)
         print(format_comparison(entries))
-        if ns.plot:
-            print(f"plot: {plot_comparison(entries, ns.plot)}")
+        if args.plot:
+            print(f"plot: {plot_comparison(entries, args.plot)}")
         return 0
-    if ns.json:
-        check_writable_file(ns.json, "--json")
-    report = evaluate(ns.run, ns.policy, settings, flavours=ns.flavours == "all", video_dir=ns.video,
-                      video_episodes=ns.video_episodes)
+    args = cfg_lib.from_namespace(EvalArgs, ns)
+    if args.json:
+        check_writable_file(args.json, "--json")
+    report = evaluate(ns.run, args.policy, settings, flavours=args.flavours == "all", video_dir=args.video,
+                      video_episodes=args.video_episodes)
     print(format_report(report))
-    if ns.json:
-        print(f"json: {report.write_json(ns.json)}")
+    if args.json:
+        print(f"json: {report.write_json(args.json)}")
     videos = [v for r in report.results for v in r.videos]
     if videos:
-        print(f"videos: {len(videos)} in {ns.video}")
+        print(f"videos: {len(videos)} in {args.video}")
     return 0

@@ -23,6 +23,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 import yaml
 
+from lot_rl import config as cfg_lib
 from lot_rl.errors import LoTUserError, require
 from lot_rl.runlog import check_writable_file, read_metrics
 from lot_rl.stats import summarize
@@ -295,27 +296,33 @@ def plot_comparison(entries: Sequence[ComparedRun], out: str | os.PathLike) -> P
 # Command line: `lot-rl plot`
 
 
+@dataclass
+class PlotArgs:
+    """``lot-rl plot``'s options (the run folders are its positional arguments)."""
+
+    out: str = cfg_lib.option("curves.png", "output image: .png, .pdf or .svg")
+    labels: list[str] | None = cfg_lib.option(None, "a label per run; equal labels are averaged",
+                                              default_text="PPO / LoT (alpha, N) from config.yaml, or the run's "
+                                                           "--exp-name")
+    smooth: int = cfg_lib.option(20, "moving average over this many logged points (episodes or updates; 1: none)")
+    spread: str = cfg_lib.option("std", "band across runs of a label: std, sem, minmax or none", choices=SPREADS)
+    kl: bool = cfg_lib.option(True, "draw the LoT KL panel (--no-kl leaves it out)")
+    metrics: list[str] = cfg_lib.option([], "also plot this logged tag (e.g. losses/entropy); repeatable",
+                                        flags=("--metric",), metavar="TAG", repeat=True, default_text="")
+    title: str | None = cfg_lib.option(None, "figure title", default_text="")
+
+
 def configure_parser(parser: argparse.ArgumentParser, command: str = "plot") -> None:
     parser.description = ("Plot learning curves (episodic return vs environment steps, and LoT's KL curves) from "
                           "run folders; runs with the same label are averaged with their spread shaded.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (with metrics.jsonl)")
-    parser.add_argument("--out", default="curves.png", help="output image: .png, .pdf or .svg (default: curves.png)")
-    parser.add_argument("--labels", nargs="+", default=None,
-                        help="a label per run; equal labels are averaged (default: PPO / LoT (alpha, N) from "
-                             "config.yaml, or the run's --exp-name)")
-    parser.add_argument("--smooth", type=int, default=20,
-                        help="moving average over this many logged points (episodes or updates; 1: none; default: 20)")
-    parser.add_argument("--spread", choices=SPREADS, default="std",
-                        help="band across runs of a label: std, sem, minmax or none (default: std)")
-    parser.add_argument("--no-kl", dest="kl", action="store_false", help="leave out the LoT KL panel")
-    parser.add_argument("--metric", dest="metrics", action="append", default=[], metavar="TAG",
-                        help="also plot this logged tag (e.g. losses/entropy); repeatable")
-    parser.add_argument("--title", default=None, help="figure title")
+    cfg_lib.add_options(parser, PlotArgs)
 
 
 def run_command(ns: argparse.Namespace, command: str = "plot") -> int:
-    check_writable_file(ns.out, "--out")
-    path = plot_learning_curves(ns.runs, ns.out, labels=ns.labels, smooth=ns.smooth, spread=ns.spread, kl=ns.kl,
-                                metrics=ns.metrics, title=ns.title)
+    args = cfg_lib.from_namespace(PlotArgs, ns)
+    check_writable_file(args.out, "--out")
+    path = plot_learning_curves(ns.runs, args.out, labels=args.labels, smooth=args.smooth, spread=args.spread,
+                                kl=args.kl, metrics=args.metrics, title=args.title)
     print(f"plot: {path}")
     return 0

@@ -70,3 +70,33 @@ def test_save_config_reads_back(tmp_path):
     cfg = Opts(alpha=0.1, weights=[0.5])
     cfg_lib.save_config(cfg, tmp_path / "config.yaml")
     assert cfg_lib.resolve(Opts, {}, config_file=tmp_path / "config.yaml") == cfg
+
+
+@dataclass
+class Spellings:
+    sticky: float | None = cfg_lib.option(None, "sticky actions", flags=("--sticky", "--repeat-action-probability"),
+                                          metavar="P", default_text="as trained")
+    greedy: bool = cfg_lib.option(True, "argmax", negative=("--sample", "sample"))
+    metrics: list[str] = cfg_lib.option([], "a tag", flags=("--metric",), repeat=True, default_text="")
+    title: str | None = cfg_lib.option(None, "figure title", default_text="")
+
+
+def test_other_spellings_negative_switch_and_repeated_flag(capsys):
+    parser = argparse.ArgumentParser()
+    cfg_lib.add_options(parser, Spellings)
+    parser.add_argument("run")
+    parsed = lambda argv: cfg_lib.from_namespace(Spellings, parser.parse_args(argv))
+    assert parsed(["r"]) == Spellings()  # defaults; the positional is not a field
+    assert parsed(["r", "--repeat-action-probability", "0.25"]).sticky == 0.25
+    assert parsed(["r", "--repeat-action-probability", "0.25"]) == parsed(["r", "--sticky", "0.25"])
+    assert parsed(["r", "--sample"]).greedy is False and parsed(["r", "--greedy"]).greedy is True
+    assert parsed(["r", "--metric", "a", "--metric", "b"]).metrics == ["a", "b"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["r", "--greedy", "--sample"])  # one or the other
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--sticky P, --repeat-action-probability P sticky actions (default: as trained)" in out
+    assert "--greedy argmax (default) --sample sample" in out
+    assert "--title TITLE figure title" in out and "(default: None)" not in out

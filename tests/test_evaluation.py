@@ -315,6 +315,32 @@ def test_train_spellings_of_sticky_actions_and_backend_are_accepted(command):
     runs = ["a"] if command == "eval" else ["a", "b"]
     train_spelling = evaluation.settings_from_args(parser.parse_args(
         [*runs, "--repeat-action-probability", "0.25", "--env-backend", "gymnasium"]))
-    eval_spelling = evaluation.settings_from_args(parser.parse_args([*runs, "--sticky", "0.25", "--backend", "gymnasium"]))
+    eval_spelling = evaluation.settings_from_args(
+        parser.parse_args([*runs, "--sticky", "0.25", "--backend", "gymnasium"]))
     assert train_spelling == eval_spelling
     assert (train_spelling.sticky, train_spelling.backend) == (0.25, "gymnasium")
+
+
+def test_evaluate_policy_takes_settings_and_named_overrides(random_run, seeded):
+    settings = evaluation.EvalSettings(seed=5, **RANDOM_SETTINGS)
+    overridden = evaluation.evaluate_policy(random_run, "teacher", settings, seed=4)
+    assert overridden.settings["seed"] == 4 and overridden.returns == seeded.results[0].returns
+    with pytest.raises(LoTUserError, match="unknown setting.*sticki; settings are episodes, greedy"):
+        evaluation.evaluate_policy(random_run, sticki=0.25)
+
+
+def test_the_frame_cap_marks_games_it_stopped():
+    class CappedGames:  # two envs whose games end after 400 and 1000 frames; the cap is 1000
+        num_envs = 2
+
+        def reset(self, seed=None):
+            return np.zeros((2, 4, 84, 84), np.uint8), {}
+
+        def step(self, actions):
+            info = {"_episode": np.array([True, True]),
+                    "episode": {"r": np.array([1.0, 2.0]), "l": np.array([400, 1000])}}
+            return np.zeros((2, 4, 84, 84), np.uint8), np.zeros(2), np.zeros(2, bool), np.zeros(2, bool), info
+
+    uniform = lambda obs: torch.zeros(obs.shape[0], 4)
+    assert evaluation.play_games(CappedGames(), uniform, 2, max_frames=1000)[2] == [False, True]
+    assert evaluation.play_games(CappedGames(), uniform, 2)[2] == [False, False]  # no cap given: none known

@@ -13,8 +13,8 @@ from torch.func import functional_call
 
 from lot_rl.errors import LoTUserError
 from lot_rl.supervised.reweight import (DeepReweighter, DeepWeightNet, FeatureProbe, FitReweighting,
-                                        L2RWReweighter, MWNetReweighter, WeightStats,
-                                        build_reweighter, find_classifier_head, lookahead_parameters, lookahead_validation_loss,
+                                        L2RWReweighter, MWNetReweighter, WeightStats, build_reweighter,
+                                        find_classifier_head, lookahead_parameters, lookahead_validation_loss,
                                         normalize_batch_weights, per_sample_cross_entropy, trainable_parameters,
                                         validate_reweight_options)
 from lot_rl.supervised.training import teacher_task_loss
