@@ -312,8 +312,13 @@ class ObservationCache:
                 "entries": [e.clone() for e in entries]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.capacity, self.mode = state["capacity"], state["mode"]
+        """Restore what :meth:`state_dict` saved, in this cache's capacity and mode: from a cache of another
+        (``--obs-num`` or ``--cache-mode`` changed on resume) it keeps the most recent rollouts that fit."""
+        entries, seen = list(state["entries"]), int(state["seen"])
+        if (state["capacity"], state["mode"]) != (self.capacity, self.mode):
+            entries = entries[-self.capacity:] if self.mode == "copies" else entries[-1:]
+            seen = min(seen, self.capacity) if self.mode == "reference" else len(entries)
         self._buffer, self._next, self.seen = None, 0, 0
-        for e in state["entries"]:
+        for e in entries:
             self.append(e)
-        self.seen = state["seen"]
+        self.seen = seen

@@ -33,7 +33,7 @@ By default each student is a freshly initialised policy of the teacher's class a
 arguments, of which only the actor (features extractor, policy MLP, ``action_net``) is used and trained:
 Adam with the teacher's current learning rate, weight decay 1e-4, gradients clipped at the model's
 ``max_grad_norm``. They imitate the teacher (``student_loss``) on each PPO minibatch, as the LoT
-reference does (``imitate_on_teacher_batches``), and after every update for ``student_steps_ratio``
+reference does (``student_on_ppo_batches``), and after every update for ``student_steps_ratio``
 passes over the observations of the last ``obs_num`` rollouts (the student phase).
 """
 
@@ -43,12 +43,18 @@ import copy
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import stable_baselines3
 import torch
 from gymnasium import spaces
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.preprocessing import get_obs_shape, preprocess_obs
 from torch import nn
 
 from lot_rl.checkpoint import load_checkpoint, save_checkpoint
@@ -56,14 +62,11 @@ from lot_rl.errors import LoTUserError, require
 from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
                                 validate_student_weights)
 
-from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.policies import ActorCriticPolicy
-from stable_baselines3.common.preprocessing import get_obs_shape, preprocess_obs
-
 CHECKPOINT_KIND = "sb3-lot-callback"
 COMPANION_SUFFIX = ".lot.pt"
 SUPPORTED_ALGORITHMS = (PPO, A2C)
+# Options of earlier versions, now named as `lot-rl train` names them; the old names are still accepted.
+OLD_OPTION_NAMES = {"imitate_on_teacher_batches": "student_on_ppo_batches"}
 
 
 def companion_path(path: str | os.PathLike) -> Path:
@@ -114,6 +117,13 @@ class PreprocessedInput(nn.Module):
         return self.network(preprocess_obs(obs, self.observation_space, normalize_images=self.normalize_images))
 
 
+@dataclass
+class _Count:
+    """A count that outlives the call that increments it (here: backward passes that carried the penalty)."""
+
+    count: int = 0
+
+
 class _AttachPenalty(torch.autograd.Function):
     """Identity on ``log_prob`` that adds ``penalty`` to whatever loss is built from ``log_prob``.
 
@@ -123,14 +133,14 @@ class _AttachPenalty(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, log_prob: torch.Tensor, penalty: torch.Tensor, backward_calls: list[int]) -> torch.Tensor:
+    def forward(ctx, log_prob: torch.Tensor, penalty: torch.Tensor, backward_calls: _Count) -> torch.Tensor:
         ctx.penalty_dtype, ctx.penalty_device = penalty.dtype, penalty.device
         ctx.backward_calls = backward_calls
         return log_prob.clone()
 
     @staticmethod
     def backward(ctx, grad_log_prob: torch.Tensor):
-        ctx.backward_calls[0] += 1  # proof that the penalty reached the algorithm's backward pass
+        ctx.backward_calls.count += 1  # proof that the penalty reached the algorithm's backward pass
         return grad_log_prob, torch.ones((), dtype=ctx.penalty_dtype, device=ctx.penalty_device), None
 
 
@@ -149,36 +159,44 @@ def _reinitialise(module: nn.Module) -> None:
 
 
 class LoTCallback(BaseCallback):
-    """Learning from Teaching for a stock SB3 ``PPO`` or ``A2C`` with a discrete action space.
+    """
+    Learning from Teaching for a stock SB3 ``PPO`` or ``A2C`` with a discrete action space.
 
-    Args:
-        alpha: weight of the teachability penalty in the teacher's loss (0: students learn, no penalty).
-        num_students: number of students (>= 1).
-        student_steps_ratio: N, passes of the student phase over the cached rollouts after every update
-            (0: students learn only on the PPO minibatches).
-        obs_num: number of recent rollouts whose observations the students imitate the teacher on.
-        temperature: T of the KL terms.
-        student_weights: the lambda_i of the penalty (default: equal, summing to 1).
-        student: ``None`` (a fresh copy of the policy's architecture), an ``nn.Module`` (student 0 is this
-            module, further students are re-initialised deep copies) or a zero-argument factory returning
-            one. A user network receives preprocessed observations (as SB3's features extractors do) and
-            returns one logit per action.
-        student_lr: students' learning rate (default: follow the teacher's current learning rate).
-        student_weight_decay: Adam weight decay of the students.
-        student_batch_size: minibatch size of the student phase (default: the model's ``batch_size``; for
-            A2C the whole rollout).
-        imitate_on_teacher_batches: also take one student step on every PPO minibatch (as the reference).
-        cache_mode: ``"copies"`` keeps the last ``obs_num`` rollouts; ``"reference"`` reproduces the LoT
-            reference, whose cache held the latest rollout ``min(rollouts, obs_num)`` times.
-        verbose: SB3 verbosity.
+    Options are named as ``lot-rl train`` names them (``imitate_on_teacher_batches``, the earlier name of
+    ``student_on_ppo_batches``, is still accepted).
+
+    :param alpha: Weight of the teachability penalty in the teacher's loss (0: students learn, no penalty)
+    :param num_students: Number of students (>= 1)
+    :param student_steps_ratio: N, passes of the student phase over the cached rollouts after every update
+        (0: students learn only on the PPO minibatches)
+    :param obs_num: Number of recent rollouts whose observations the students imitate the teacher on
+    :param temperature: T of the KL terms
+    :param student_weights: The lambda_i of the penalty (default: equal, summing to 1)
+    :param student: ``None`` (a fresh copy of the policy's architecture), an ``nn.Module`` (student 0 is this
+        module, further students are re-initialised deep copies) or a zero-argument factory returning one.
+        A user network receives preprocessed observations (as SB3's features extractors do) and returns one
+        logit per action.
+    :param student_lr: Students' learning rate (default: follow the teacher's current learning rate)
+    :param student_weight_decay: Adam weight decay of the students
+    :param student_batch_size: Minibatch size of the student phase (default: the model's ``batch_size``;
+        for A2C the whole rollout)
+    :param student_on_ppo_batches: Also take one student step on every PPO minibatch (as the reference)
+    :param cache_mode: ``"copies"`` keeps the last ``obs_num`` rollouts; ``"reference"`` reproduces the LoT
+        reference, whose cache held the latest rollout ``min(rollouts, obs_num)`` times
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
     """
 
     def __init__(self, alpha: float = 0.5, num_students: int = 1, student_steps_ratio: int = 5,
                  obs_num: int = 10, temperature: float = 1.0, student_weights: Sequence[float] | None = None,
                  student: nn.Module | Callable[[], nn.Module] | None = None, student_lr: float | None = None,
                  student_weight_decay: float = 1e-4, student_batch_size: int | None = None,
-                 imitate_on_teacher_batches: bool = True, cache_mode: str = "copies", verbose: int = 0):
+                 student_on_ppo_batches: bool = True, cache_mode: str = "copies", verbose: int = 0,
+                 **old_names: Any):
         super().__init__(verbose)
+        for name in old_names:
+            if name not in OLD_OPTION_NAMES:
+                raise TypeError(f"LoTCallback() got an unexpected keyword argument {name!r}")
+        student_on_ppo_batches = _current_names(old_names).get("student_on_ppo_batches", student_on_ppo_batches)
         self.alpha = float(alpha)
         self.num_students = int(num_students)
         self.student_steps_ratio = int(student_steps_ratio)
@@ -189,7 +207,7 @@ class LoTCallback(BaseCallback):
         self.student_lr = student_lr
         self.student_weight_decay = float(student_weight_decay)
         self.student_batch_size = student_batch_size
-        self.imitate_on_teacher_batches = bool(imitate_on_teacher_batches)
+        self.student_on_ppo_batches = bool(student_on_ppo_batches)
         self.cache_mode = cache_mode
         self._check_options()
 
@@ -212,9 +230,9 @@ class LoTCallback(BaseCallback):
             validate_cache_options(self.obs_num, self.cache_mode)
         except LoTUserError as exc:
             raise LoTUserError("LoTCallback: " + _argument_names(str(exc))) from None
-        require(self.student_steps_ratio > 0 or self.imitate_on_teacher_batches,
-                "LoTCallback: with student_steps_ratio=0 and imitate_on_teacher_batches=False the students "
-                "never learn; set student_steps_ratio >= 1 or imitate_on_teacher_batches=True")
+        require(self.student_steps_ratio > 0 or self.student_on_ppo_batches,
+                "LoTCallback: with student_steps_ratio=0 and student_on_ppo_batches=False the students "
+                "never learn; set student_steps_ratio >= 1 or student_on_ppo_batches=True")
         require(self.student_weight_decay >= 0,
                 f"LoTCallback: student_weight_decay must be >= 0, got {self.student_weight_decay}")
         require(self.student_lr is None or self.student_lr > 0,
@@ -370,12 +388,12 @@ class LoTCallback(BaseCallback):
             self._sync_student_lr()
 
         students.train()
-        with torch.set_grad_enabled(self.imitate_on_teacher_batches):
+        with torch.set_grad_enabled(self.student_on_ppo_batches):
             student_logits = students.logits(obs)
         teachability = students.penalty(teacher_logits, student_logits)  # student logits detached inside
         self._teacher_kl_sum += float(teachability.detach())
         self._teacher_batches += 1
-        if self.imitate_on_teacher_batches:
+        if self.student_on_ppo_batches:
             # Students imitate the teacher on the same minibatch (the teacher's logits are detached).
             students.zero_grad()
             imitation = students.imitation_loss(student_logits, teacher_logits)
@@ -412,18 +430,20 @@ class LoTCallback(BaseCallback):
     def _check_penalty_reached_backward(self) -> None:
         # Guard against a silent no-op: an SB3 version whose train() stops building its loss from
         # evaluate_actions' log_prob would never call _AttachPenalty.backward.
-        if self._penalties_attached and not self._penalty_backward_calls[0]:
-            import stable_baselines3
+        if self._penalties_attached and not self._penalty_backward_calls.count:
             raise RuntimeError(
                 f"LoTCallback: the teachability penalty was added to {self._penalties_attached} minibatches but "
                 f"never reached {type(self.model).__name__}.train()'s backward pass; this stable-baselines3 "
                 f"{stable_baselines3.__version__} differs from the tested 2.9 (see lot_rl/sb3.py)")
 
     def student_phase(self) -> list[float]:
-        """``student_steps_ratio`` passes over the cached rollouts, shuffled minibatches of imitation.
+        """
+        ``student_steps_ratio`` passes over the cached rollouts, shuffled minibatches of imitation.
 
-        Returns each step's mean student loss. The cache hands out each minibatch with the teacher's
-        targets, computed once per distinct cached rollout: the teacher does not change during the phase.
+        The cache hands out each minibatch with the teacher's targets, computed once per distinct cached
+        rollout: the teacher does not change during the phase.
+
+        :return: Each student step's mean student loss
         """
         policy = self.model.policy
         was_training = policy.training
@@ -446,7 +466,7 @@ class LoTCallback(BaseCallback):
 
     # ------------------------------------------------------------------ logging
     def _reset_stats(self) -> None:
-        self._penalties_attached, self._penalty_backward_calls = 0, [0]
+        self._penalties_attached, self._penalty_backward_calls = 0, _Count()
         self._teacher_kl_sum, self._teacher_batches = 0.0, 0
         self._batch_student_kl_sum, self._batch_student_steps = 0.0, 0
 
@@ -464,20 +484,26 @@ class LoTCallback(BaseCallback):
 
     # ------------------------------------------------------------------ save and restore
     def options(self) -> dict[str, Any]:
-        """The constructor options (without ``student``), as saved in the companion file."""
+        """
+        The constructor options (without ``student``), as saved in the companion file.
+
+        :return: Option name to value
+        """
         return {"alpha": self.alpha, "num_students": self.num_students,
                 "student_steps_ratio": self.student_steps_ratio, "obs_num": self.obs_num,
                 "temperature": self.temperature, "student_weights": self.student_weights,
                 "student_lr": self.student_lr, "student_weight_decay": self.student_weight_decay,
                 "student_batch_size": self.student_batch_size,
-                "imitate_on_teacher_batches": self.imitate_on_teacher_batches, "cache_mode": self.cache_mode}
+                "student_on_ppo_batches": self.student_on_ppo_batches, "cache_mode": self.cache_mode}
 
     def save(self, path: str | os.PathLike, include_cache: bool = True) -> Path:
-        """Write the students, their optimizers and the observation cache next to ``model.save(path)``.
+        """
+        Write the students, their optimizers and the observation cache next to ``model.save(path)``.
 
-        ``path`` is the path given to ``model.save`` (with or without ``.zip``); the file is
-        ``<path>.lot.pt``. Without the cache (``include_cache=False``, a much smaller file for Atari) a
-        resumed run refills it from new rollouts. Returns the file written.
+        :param path: The path given to ``model.save`` (with or without ``.zip``); the file is ``<path>.lot.pt``
+        :param include_cache: Save the observation cache too; without it (a much smaller file for Atari) a
+            resumed run refills it from new rollouts
+        :return: The file written
         """
         require(self.students is not None,
                 "LoTCallback.save: there are no students yet; call model.learn(..., callback=...) first")
@@ -494,19 +520,25 @@ class LoTCallback(BaseCallback):
     @classmethod
     def load(cls, path: str | os.PathLike, student: nn.Module | Callable[[], nn.Module] | None = None,
              **overrides: Any) -> "LoTCallback":
-        """A callback that continues with the students saved by :meth:`save` at ``path``.
+        """
+        A callback that continues with the students saved by :meth:`save` at ``path``.
 
-        The students are restored when the callback meets its model (at ``learn()`` start). Give the same
-        ``student`` network as the saved run if it used one; ``overrides`` change saved options (e.g.
-        ``alpha``).
+        The students are restored when the callback meets its model (at ``learn()`` start).
+
+        :param path: The path given to :meth:`save` (or ``model.save``)
+        :param student: The same ``student`` network as the saved run's, if it used one
+        :param overrides: Options that replace the saved ones (e.g. ``alpha``; a smaller ``obs_num`` keeps
+            the most recent cached rollouts)
+        :return: The callback, to pass to ``model.learn``
         """
         data = load_checkpoint(companion_path(path), kind=CHECKPOINT_KIND)
         require(not (data["custom_student"] and student is None),
                 f"{data['path']} holds user-given student networks: pass the same architecture as "
                 f"LoTCallback.load(..., student=...)")
-        unknown = set(overrides) - set(data["options"]) - {"verbose"}
+        saved, overrides = _current_names(data["options"]), _current_names(overrides)
+        unknown = set(overrides) - set(saved) - {"verbose"}
         require(not unknown, f"LoTCallback.load: unknown option(s) {', '.join(sorted(unknown))}")
-        callback = cls(**{**data["options"], **overrides}, student=student)
+        callback = cls(**{**saved, **overrides}, student=student)
         callback._pending_state = data
         return callback
 
@@ -516,15 +548,13 @@ class LoTCallback(BaseCallback):
         except RuntimeError as exc:
             raise LoTUserError(f"the students in {data['path']} do not fit this model's policy "
                                f"({str(exc).splitlines()[0]})") from exc
-        if data["cache"] is not None:
+        if data["cache"] is not None:  # fitted to this callback's obs_num and cache_mode by the cache itself
             saved = data["cache"]
-            entries = [e.to(self.model.device) for e in saved["entries"]]
-            state = dict(saved, entries=entries)
-            if (saved["capacity"], saved["mode"]) != (self.obs_num, self.cache_mode):
-                # obs_num or cache_mode overridden at load: keep the most recent rollouts that fit
-                entries = entries[-self.obs_num:] if self.cache_mode == "copies" else entries[-1:]
-                state = {"capacity": self.obs_num, "mode": self.cache_mode, "entries": entries,
-                         "seen": min(saved["seen"], self.obs_num) if self.cache_mode == "reference" else len(entries)}
-            self.cache.load_state_dict(state)
+            self.cache.load_state_dict({**saved, "entries": [e.to(self.model.device) for e in saved["entries"]]})
         self.updates = int(data["updates"])
         self._student_phase_pending = bool(data["student_phase_pending"])
+
+
+def _current_names(options: dict[str, Any]) -> dict[str, Any]:
+    """Options with the names of earlier versions (:data:`OLD_OPTION_NAMES`) replaced by today's."""
+    return {OLD_OPTION_NAMES.get(name, name): value for name, value in options.items()}

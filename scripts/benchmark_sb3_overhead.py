@@ -6,7 +6,7 @@ PPO settings (8 envs x 128 steps, 4 epochs x 4 minibatches of 256). Variants:
 - ``SB3 PPO``: no callback;
 - ``+ LoT paper``: ``LoTCallback(alpha=0.5, num_students=1, student_steps_ratio=5, obs_num=10)``;
 - ``+ LoT light``: the same with ``student_steps_ratio=1, obs_num=1``;
-- ``+ LoT light, no minibatch imitation``: and ``imitate_on_teacher_batches=False`` (students learn only
+- ``+ LoT light, no minibatch imitation``: and ``student_on_ppo_batches=False`` (students learn only
   in the student phase).
 
 Each variant trains one warm-up update; the LoT caches are then topped up to ``obs_num`` rollouts with
@@ -44,7 +44,7 @@ VARIANTS = {
     "+ LoT paper (N 5, obs_num 10)": dict(alpha=0.5, num_students=1, student_steps_ratio=5, obs_num=10),
     "+ LoT light (N 1, obs_num 1)": dict(alpha=0.5, num_students=1, student_steps_ratio=1, obs_num=1),
     "+ LoT light, no minibatch imitation": dict(alpha=0.5, num_students=1, student_steps_ratio=1, obs_num=1,
-                                                imitate_on_teacher_batches=False),
+                                                student_on_ppo_batches=False),
 }
 
 

@@ -189,3 +189,20 @@ def test_student_minibatches_chunk_the_teacher_and_share_repeated_rollouts():
         reference.append(torch.randn(6, 1))
     assert len(list(reference.student_minibatches(teacher, 1, 3))) == 3 * 2
     assert calls == [6]  # three entries, one rollout: its targets once
+
+
+def test_cache_state_fits_another_capacity_or_mode():
+    saved = ObservationCache(3)
+    for i in range(5):
+        saved.append(torch.full((2, 2), float(i)))
+    smaller = ObservationCache(2)
+    smaller.load_state_dict(saved.state_dict())  # --obs-num 2 on resume: the two most recent rollouts
+    assert len(smaller) == 2 and [e[0, 0].item() for e in smaller.entries()] == [3.0, 4.0]
+    smaller.append(torch.full((2, 2), 5.0))
+    assert [e[0, 0].item() for e in smaller.entries()] == [4.0, 5.0]
+    reference = ObservationCache(4, "reference")
+    reference.load_state_dict(saved.state_dict())  # the latest rollout, min(seen, capacity) times
+    assert [e[0, 0].item() for e in reference.entries()] == [4.0] * 4
+    copies = ObservationCache(3)
+    copies.load_state_dict(reference.state_dict())
+    assert [e[0, 0].item() for e in copies.entries()] == [4.0]

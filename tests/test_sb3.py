@@ -117,7 +117,7 @@ def test_teacher_gradient_is_ppo_plus_teachability_penalty(ent_coef, imitate):
     model = PPO("MlpPolicy", cartpole(), n_steps=32, batch_size=16, n_epochs=2, ent_coef=ent_coef,
                 max_grad_norm=0.5, seed=0, device="cpu")
     lot = LoTCallback(alpha=0.7, num_students=2, student_weights=[0.25, 0.75], temperature=1.5,
-                      student_steps_ratio=1, obs_num=2, imitate_on_teacher_batches=imitate)
+                      student_steps_ratio=1, obs_num=2, student_on_ppo_batches=imitate)
     lot.init_callback(model)  # builds the students now, so that they can be sharpened
     sharpen(model, lot)
     recorder = Recorder(lot)
@@ -162,7 +162,7 @@ def test_a2c_gradient_is_a2c_plus_teachability_penalty():
     torch.manual_seed(1)
     model = A2C("MlpPolicy", cartpole(), n_steps=8, ent_coef=0.0, seed=1, device="cpu")
     lot = LoTCallback(alpha=0.5, num_students=1, student_steps_ratio=1, obs_num=1,
-                      imitate_on_teacher_batches=False)
+                      student_on_ppo_batches=False)
     lot.init_callback(model)
     sharpen(model, lot)
     recorder = Recorder(lot)
@@ -195,7 +195,7 @@ def test_student_phase_is_n_passes_of_imitation_over_the_cached_rollouts():
             return True
 
     lot = LoTCallback(alpha=0.5, num_students=2, student_steps_ratio=3, obs_num=2,
-                      imitate_on_teacher_batches=False)
+                      student_on_ppo_batches=False)
     model.learn(3 * 32, callback=CallbackList([KeepRollouts(), lot]))
     # The cache holds real copies of the last obs_num rollouts, oldest first.
     assert lot.updates == 3 and len(lot.cache) == 2
@@ -330,7 +330,7 @@ def test_custom_student_network_and_its_reload(tmp_path):
     ({"student_weights": [1.0, 2.0]}, "LoTCallback: student_weights has 2 values for 1 students"),
     ({"student_weights": [-1.0]}, r"student_weights must be >= 0, got \[-1.0\]"),
     ({"cache_mode": "views"}, "unknown cache_mode 'views'; choose one of copies, reference"),
-    ({"student_steps_ratio": 0, "imitate_on_teacher_batches": False}, "students never learn"),
+    ({"student_steps_ratio": 0, "student_on_ppo_batches": False}, "students never learn"),
     ({"student_steps_ratio": -1}, "student_steps_ratio must be >= 0"),
 ])
 def test_bad_options_fail_at_construction(kwargs, message):
@@ -459,3 +459,21 @@ def test_load_without_cache_or_with_a_smaller_cache(tmp_path):
         LoTCallback.load(tmp_path / "full", obs_nmu=1)
     with pytest.raises(LoTUserError, match="no checkpoint"):
         LoTCallback.load(tmp_path / "missing")
+
+
+def test_the_earlier_option_name_is_still_accepted(tmp_path):
+    assert LoTCallback(imitate_on_teacher_batches=False).student_on_ppo_batches is False
+    with pytest.raises(TypeError, match="unexpected keyword argument 'imitate'"):
+        LoTCallback(imitate=False)
+    # a companion file written when the option had its earlier name
+    from lot_rl.checkpoint import load_checkpoint, save_checkpoint
+
+    model = PPO("MlpPolicy", cartpole(), n_steps=16, batch_size=16, n_epochs=1, seed=10, device="cpu")
+    lot = LoTCallback(student_steps_ratio=1, obs_num=1, student_on_ppo_batches=False)
+    model.learn(32, callback=lot)
+    data = load_checkpoint(lot.save(tmp_path / "old"))
+    data["options"]["imitate_on_teacher_batches"] = data["options"].pop("student_on_ppo_batches")
+    header = ("format", "version", "kind", "path")
+    save_checkpoint(tmp_path / "old.lot.pt", data["kind"], {k: v for k, v in data.items() if k not in header})
+    assert LoTCallback.load(tmp_path / "old").options() == lot.options()
+    assert LoTCallback.load(tmp_path / "old", imitate_on_teacher_batches=True).student_on_ppo_batches is True
