@@ -303,13 +303,15 @@ def students_learn_on_ppo_batches(args: Args, students: Students) -> bool:
 
 
 def lot_ppo_loss(agent: Agent, students: Students, obs, actions, old_logprobs, advantages, returns,
-                 old_values, args: Args, alpha: float, autocast=contextlib.nullcontext):
+                 old_values, args: Args, *, alpha_now: float, autocast=contextlib.nullcontext):
     """One PPO minibatch's loss with LoT: the sum whose single backward updates teacher and students.
 
-    ``ppo_loss + alpha * sum_i lambda_i kl(teacher, student_i.detach(), T)`` (the teacher's part) plus,
+    ``ppo_loss + alpha_now * sum_i lambda_i kl(teacher, student_i.detach(), T)`` (the teacher's part) plus,
     with ``--student-on-ppo-batches``, ``sum_i kl(student_i, teacher.detach(), T)`` (the students' part,
     which reaches only the students). Each network is then clipped and stepped with its own optimizer,
-    which equals separate updates. Returns (loss, stats) with ``teacher_kl``/``student_kl`` when present.
+    which equals separate updates. ``alpha_now`` is the alpha in force this update (0 while the penalty is
+    off); ``args.alpha`` is not read here. Returns (loss, stats) with ``teacher_kl``/``student_kl`` when
+    present.
     """
     with autocast():
         loss, stats, teacher_logits = ppo_loss(agent, obs, actions, old_logprobs, advantages, returns,
@@ -320,7 +322,7 @@ def lot_ppo_loss(agent: Agent, students: Students, obs, actions, old_logprobs, a
         # LoT: teacher loss += alpha * sum_i lambda_i kl(teacher, student_i.detach(), T)
         penalty = students.penalty(teacher_logits, student_logits, detach=args.detach)
         stats["teacher_kl"] = penalty.detach()
-        loss = loss + alpha * penalty
+        loss = loss + alpha_now * penalty
         if args.student_on_ppo_batches:
             # LoT: the students imitate the teacher on this minibatch too (the reference does)
             imitation = students.imitation_loss(student_logits, teacher_logits)
@@ -495,8 +497,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 for start in range(0, args.batch_size, args.minibatch_size):
                     mb = torch.as_tensor(b_inds[start:start + args.minibatch_size], device=device)
                     loss, stats = lot_ppo_loss(agent, students, b_obs[mb], b_actions[mb], b_logprobs[mb],
-                                               b_advantages[mb], b_returns[mb], b_values[mb], args, alpha_now,
-                                               autocast)
+                                               b_advantages[mb], b_returns[mb], b_values[mb], args,
+                                               alpha_now=alpha_now, autocast=autocast)
                     if "teacher_kl" in stats:
                         teacher_kls.append(float(stats["teacher_kl"]))
                     if "student_kl" in stats:
@@ -571,7 +573,14 @@ def student_phase(agent: Agent, students: Students, cache: ObservationCache, arg
                                                         args.minibatch_size):
         if args.channels_last:
             mb_obs = mb_obs.contiguous(memory_format=torch.channels_last)
-        losses.append(students.imitate(mb_obs, mb_targets, autocast=autocast))
+        with autocast():
+            student_logits = students.logits(mb_obs)
+        # LoT: student loss = sum_i kl(student_i, teacher, T); each student gets its own term's gradient
+        imitation = students.imitation_loss(student_logits, mb_targets)
+        students.zero_grad()
+        imitation.backward()
+        students.step()  # each student: clip its gradient norm, then its optimizer step
+        losses.append(float(imitation.detach()) / len(students))
     return losses
 
 

@@ -185,7 +185,7 @@ def lot_update_flops(obs_num: int, student_steps_ratio: int = 5) -> dict[str, fl
 
     def ppo_minibatch():
         loss, _ = lot_ppo_loss(agent, students, obs, actions, zeros, torch.randn(size), zeros, zeros, args,
-                               args.alpha)
+                               alpha_now=args.alpha)
         loss.backward()
 
     def teacher_targets() -> torch.Tensor:  # as the observation cache computes them for the student phase

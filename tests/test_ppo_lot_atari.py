@@ -79,7 +79,7 @@ def test_lot_minibatch_gradients(num_students, weights):
     agent, b = lot.Agent(4), _batch()
     students = lot.make_students(args, 4, torch.device("cpu"), lot.lr_factor(args))
     loss, stats = lot.lot_ppo_loss(agent, students, b["obs"], b["actions"], b["old_logprobs"],
-                                   b["advantages"], b["returns"], b["old_values"], args, args.alpha)
+                                   b["advantages"], b["returns"], b["old_values"], args, alpha_now=args.alpha)
     loss.backward()
 
     ppo, teacher_logits = _cleanrl_loss_by_hand(agent, b)
