@@ -127,18 +127,7 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
                                  max_episode_frames) for _ in range(num_envs)]
         env = GameEpisodeStatistics(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP))
     env.action_space.seed(seed)
-    env.unwrapped.spec_game = game  # type: ignore[attr-defined]
     return env
-
-
-def action_meanings(env_id: str, full_action_space: bool = False) -> list[str]:
-    """The names of the actions of a game (``["NOOP", "FIRE", ...]``)."""
-    game = parse_env_id(env_id)
-    env = gym.make(game.gymnasium_id, full_action_space=full_action_space)
-    try:
-        return list(env.unwrapped.get_action_meanings())
-    finally:
-        env.close()
 
 
 def game_flavours(env_id: str) -> tuple[list[int], list[int]]:

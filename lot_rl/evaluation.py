@@ -37,17 +37,16 @@ import torch
 
 from lot_rl import config as cfg_lib
 from lot_rl import stats
+from lot_rl.agents.ppo_lot_atari import CHECKPOINT_KIND
 from lot_rl.checkpoint import load_checkpoint
-from lot_rl.envs.atari import BACKENDS
+from lot_rl.envs.atari import BACKENDS, MAX_EPISODE_FRAMES
 from lot_rl.errors import LoTUserError, require
 from lot_rl.plotting import plot_comparison
 from lot_rl.runlog import check_writable_file, ensure_writable_dir, progress_bar
 from lot_rl.runtime import resolve_device
 
-CHECKPOINT_KIND = "atari-ppo-lot"  # the kind written by lot_rl.agents.ppo_lot_atari
 EVAL_FORMAT = "lot_rl-eval"
 EVAL_VERSION = 1
-MAX_EPISODE_FRAMES = 108_000
 VIDEO_FPS = 15  # one frame per agent step: 60 Hz emulator / frame-skip 4
 # Settings that must agree for two evaluations to be compared.
 COMPARABLE_SETTINGS = ("game", "greedy", "sticky", "mode", "difficulty", "max_frames", "full_action_space")

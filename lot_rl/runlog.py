@@ -20,6 +20,7 @@ from typing import Any
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from lot_rl.checkpoint import CHECKPOINT_NAME
 from lot_rl.errors import LoTUserError, require
 
 METRICS_NAME = "metrics.jsonl"
@@ -28,7 +29,7 @@ METRICS_NAME = "metrics.jsonl"
 def make_run_dir(root: str | Path, run_name: str, exist_ok: bool = False) -> Path:
     """Create ``root/run_name``; refuse to reuse a folder that already has a checkpoint (use --resume)."""
     run_dir = Path(root) / run_name
-    if not exist_ok and (run_dir / "checkpoint.pt").exists():
+    if not exist_ok and (run_dir / CHECKPOINT_NAME).exists():
         raise LoTUserError(f"run folder {run_dir} already holds a checkpoint; continue it with "
                            f"--resume {run_dir} or choose another --run-name")
     return ensure_writable_dir(run_dir, "run folder")
@@ -81,10 +82,6 @@ class RunLogger:
         for tag, value in clean.items():
             self.writer.add_scalar(tag, value, step)
         self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
-
-    def flush(self) -> None:
-        self.writer.flush()
-        self._jsonl.flush()
 
     def close(self) -> None:
         self.writer.close()

@@ -18,7 +18,7 @@ from gymnasium.vector import VectorWrapper
 
 from lot_rl import config as cfg_lib
 from lot_rl import evaluation, stats
-from lot_rl.agents.ppo_lot_atari import Agent, Args, make_students
+from lot_rl.agents.ppo_lot_atari import CHECKPOINT_KIND, Agent, Args, make_students
 from lot_rl.checkpoint import save_checkpoint
 from lot_rl.cli import main
 from lot_rl.envs import atari
@@ -49,7 +49,7 @@ def write_checkpoint(folder: Path, teacher_action: int | None = None, student_ac
                 net.actor.weight.zero_()
                 net.actor.bias.zero_()
                 net.actor.bias[action] = 5.0
-    return save_checkpoint(folder / "checkpoint.pt", "atari-ppo-lot", {
+    return save_checkpoint(folder / "checkpoint.pt", CHECKPOINT_KIND, {
         "config": cfg_lib.to_dict(args), "num_actions": num_actions, "update": 7, "global_step": 7168,
         "agent": agent.state_dict(), "students": students.state_dict()})
 
