@@ -50,6 +50,7 @@ import numpy as np
 import yaml
 
 from lot_rl import config as cfg_lib
+from lot_rl.checkpoint import CHECKPOINT_NAME
 from lot_rl.errors import LoTUserError, require
 from lot_rl.runlog import METRICS_NAME, ensure_writable_dir, read_metrics
 
@@ -290,8 +291,6 @@ def result_path(out: str | os.PathLike, spec: RunSpec) -> Path:
 
 def run_state(out: str | os.PathLike, spec: RunSpec, eval_episodes: int = 0) -> str:
     """``done``, ``evaluate`` (trained, evaluation asked for and missing), ``resume`` or ``new``."""
-    from lot_rl.checkpoint import CHECKPOINT_NAME
-
     path = result_path(out, spec)
     if path.is_file():
         return "evaluate" if eval_episodes and not _has_evaluation(read_result(path), eval_episodes) else "done"
@@ -334,7 +333,6 @@ def execute_run(spec: RunSpec, out: str | os.PathLike, threads: int = 1, eval_ep
     import torch
 
     from lot_rl.agents.ppo_lot_atari import Args, train
-    from lot_rl.checkpoint import CHECKPOINT_NAME
 
     torch.set_num_threads(max(1, threads))
     out = Path(out)
@@ -529,7 +527,9 @@ def _outcome(out: Path, spec: RunSpec, exitcode: int | None) -> Outcome:
     if exitcode == 0 and path.is_file():
         return Outcome("done", result=read_result(path))
     if exitcode == EXIT_INTERRUPTED:
-        return Outcome("interrupted", "stopped by Ctrl-C; its checkpoint is saved")
+        saved = (run_path(out, spec) / CHECKPOINT_NAME).is_file()
+        return Outcome("interrupted", "checkpoint saved; rerun the sweep to resume it" if saved else
+                       "stopped before its first checkpoint; a rerun of the sweep starts it again")
     error = run_path(out, spec) / ERROR_NAME
     if error.is_file():
         return Outcome("failed", error.read_text().strip())
@@ -630,8 +630,8 @@ class SlurmOptions:
     poll_s: float = 15.0
 
 
-def run_submitit(specs: Sequence[RunSpec], out: Path, cluster: str, slurm: SlurmOptions, eval_episodes: int,
-                 on_outcome: Callable[[RunSpec, Outcome], None]) -> None:
+def run_submitit(specs: Sequence[RunSpec], out: Path, cluster: str, slurm: SlurmOptions, threads: int,
+                 eval_episodes: int, on_outcome: Callable[[RunSpec, Outcome], None]) -> None:
     """Submit one job per run through submitit (``cluster``: ``slurm``, or ``local`` to test without a cluster)."""
     try:
         import submitit
@@ -640,7 +640,7 @@ def run_submitit(specs: Sequence[RunSpec], out: Path, cluster: str, slurm: Slurm
     if cluster == "slurm":
         require(shutil.which("sbatch") is not None,
                 "--executor slurm: no Slurm here (sbatch is not on PATH); use --executor pool")
-    executor = submitit.AutoExecutor(folder=out / "slurm" / "%j", cluster=cluster)
+    executor = submitit.AutoExecutor(folder=out / "slurm", cluster=cluster)
     parameters: dict[str, Any] = {"name": "lot-rl-sweep", "timeout_min": slurm.time_min,
                                   "cpus_per_task": slurm.cpus, "gpus_per_node": slurm.gpus}
     optional = {"slurm_partition": slurm.partition, "mem_gb": slurm.mem_gb,
@@ -648,7 +648,7 @@ def run_submitit(specs: Sequence[RunSpec], out: Path, cluster: str, slurm: Slurm
     parameters.update({k: v for k, v in optional.items() if v is not None})
     executor.update_parameters(**parameters)
     with executor.batch():
-        jobs = [executor.submit(SweepJob(), spec, str(out), slurm.cpus, eval_episodes) for spec in specs]
+        jobs = [executor.submit(SweepJob(), spec, str(out), threads, eval_episodes) for spec in specs]
     pending = dict(zip(jobs, specs))
     print(f"submitted {len(jobs)} job(s) through submitit ({cluster}); logs in {out / 'slurm'}", flush=True)
     try:
@@ -705,9 +705,13 @@ class SweepSummary:
 
 def sweep(grid: Grid, out: str | os.PathLike, *, env_ids: Sequence[str] | None = None,
           seeds: Sequence[int] | None = None, variants: Sequence[str] | None = None, workers: int | None = None,
-          executor: str = "pool", eval_episodes: int = 0, slurm: SlurmOptions | None = None,
+          threads: int | None = None, executor: str = "pool", eval_episodes: int = 0,
+          slurm: SlurmOptions | None = None,
           log: Callable[[str], None] = print) -> SweepSummary:
     """Run the grid's runs (narrowed to ``env_ids``/``seeds``/``variants``) that are not finished yet.
+
+    ``workers`` runs at once (default: the cores), each with ``threads`` torch threads (default: cores / workers;
+    with Slurm, the job's CPUs).
 
     Prints a line per finished run and a summary. Raises ``KeyboardInterrupt`` after a Ctrl-C (or SIGTERM) has
     stopped the running runs at a checkpoint.
@@ -717,15 +721,18 @@ def sweep(grid: Grid, out: str | os.PathLike, *, env_ids: Sequence[str] | None =
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = cores if workers is None else workers
     require(workers >= 1, f"--workers must be >= 1, got {workers}")
+    require(threads is None or threads >= 1, f"--threads must be >= 1, got {threads}")
+    slurm = slurm or SlurmOptions()
     specs = grid.runs(env_ids, seeds, variants)
     out = prepare_folder(out, grid)
     states = {spec.name: run_state(out, spec, eval_episodes) for spec in specs}
     todo = [spec for spec in specs if states[spec.name] != "done"]
     summary = SweepSummary(total=len(specs), skipped=len(specs) - len(todo))
-    threads = max(1, cores // min(workers, max(len(todo), 1)))
+    if threads is None:
+        threads = slurm.cpus if executor != "pool" else max(1, cores // min(workers, max(len(todo), 1)))
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "resume", "evaluate", "new")}
     where = (f"{min(workers, len(todo))} worker(s) x {threads} thread(s)" if executor == "pool"
-             else f"submitit ({executor})")
+             else f"submitit ({executor}), {threads} thread(s) per job")
     log(f"sweep {out}: {len(specs)} run(s) ({len({s.env_id for s in specs})} game(s) x "
         f"{len({s.seed for s in specs})} seed(s) x {len({s.variant for s in specs})} variant(s)); "
         f"{counts['done']} finished, {counts['resume']} to resume, {counts['evaluate']} to evaluate, "
@@ -738,7 +745,7 @@ def sweep(grid: Grid, out: str | os.PathLike, *, env_ids: Sequence[str] | None =
         if outcome.status == "done":
             log(f"{position} {spec.name}: {_score_text(outcome.result)}")
         elif outcome.status == "interrupted":
-            log(f"{position} {spec.name}: interrupted, checkpoint saved; rerun the sweep to resume it")
+            log(f"{position} {spec.name}: interrupted, {outcome.message}")
         else:
             log(f"{position} {spec.name}: FAILED: {outcome.message} (log: {run_path(out, spec) / LOG_NAME})")
 
@@ -750,8 +757,8 @@ def sweep(grid: Grid, out: str | os.PathLike, *, env_ids: Sequence[str] | None =
         if todo and executor == "pool":
             run_pool(todo, out, workers, threads, eval_episodes, on_outcome)
         elif todo:
-            run_submitit(todo, out, "slurm" if executor == "slurm" else "local", slurm or SlurmOptions(),
-                         eval_episodes, on_outcome)
+            run_submitit(todo, out, "slurm" if executor == "slurm" else "local", slurm, threads, eval_episodes,
+                         on_outcome)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -796,6 +803,9 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "sweep") ->
     parser.add_argument("--workers", type=int, default=None,
                         help="runs at once in the pool (default: the number of cores; each run gets cores/workers "
                              "torch threads)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads per run (default: cores / workers; with Slurm: --slurm-cpus); on a busy "
+                             "machine 1 can be several times faster than 2")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     group = parser.add_argument_group("slurm (with --executor slurm; pip install -e \".[slurm]\")")
     group.add_argument("--slurm-partition", default=None, help="partition (default: the cluster's)")
@@ -824,7 +834,7 @@ def run_command(ns: argparse.Namespace, command: str = "sweep") -> int:
                          poll_s=1.0 if ns.executor == "submitit-local" else 15.0)
     try:
         summary = sweep(grid, out, env_ids=ns.env_ids, seeds=ns.seeds, variants=ns.variants, workers=ns.workers,
-                        executor=ns.executor, eval_episodes=ns.eval_episodes, slurm=slurm)
+                        threads=ns.threads, executor=ns.executor, eval_episodes=ns.eval_episodes, slurm=slurm)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 1 if summary.count("failed") else 0
