@@ -346,49 +346,51 @@ def plot_score_intervals(report: dict[str, Any], out: str | os.PathLike) -> Path
     return _save(figure, out, "--out")
 
 
+def _line_with_band(ax, x: Sequence[float], data: dict[str, Any], key: str, color: str, label: str) -> None:
+    ax.plot(x, data[key], color=color, label=label, linewidth=1.6)
+    ax.fill_between(x, data["low"], data["high"], color=color, alpha=0.2, linewidth=0)
+
+
+def _label_axes(ax, xlabel: str, ylabel: str, title: str, title_size: int = 9) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if xlabel == "environment steps":
+        ax.xaxis.set_major_formatter(FuncFormatter(_steps_formatter))
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=title_size)
+    if ax.lines:
+        ax.legend(fontsize=8)
+
+
 def plot_performance_profile(report: dict[str, Any], out: str | os.PathLike) -> Path:
     """Fraction of runs whose normalized score exceeds tau, per variant, with its interval band."""
     profile = report["performance_profile"]
     colors = _variant_colors(report)
     figure = _new_figure(5.5, 3.8)
     ax = figure.subplots()
-    taus = np.asarray(profile["taus"])
     for variant, data in profile["variants"].items():
-        ax.plot(taus, data["fraction"], color=colors[variant], label=variant, linewidth=1.6)
-        ax.fill_between(taus, data["low"], data["high"], color=colors[variant], alpha=0.2, linewidth=0)
-    ax.set_xlabel("normalized score tau")
-    ax.set_ylabel("fraction of runs with score > tau")
+        _line_with_band(ax, profile["taus"], data, "fraction", colors[variant], variant)
     ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"performance profiles; {_interval_note(report)}", fontsize=9)
+    _label_axes(ax, "normalized score tau", "fraction of runs with score > tau",
+                f"performance profiles; {_interval_note(report)}")
     return _save(figure, out, "--out")
 
 
 def plot_sample_efficiency(report: dict[str, Any], out: str | os.PathLike) -> Path:
     """IQM of normalized scores against env steps, per variant, with its interval band."""
-    from matplotlib.ticker import FuncFormatter
-
     colors = _variant_colors(report)
     figure = _new_figure(5.5, 3.8)
     ax = figure.subplots()
     for variant, data in report["sample_efficiency"].items():
-        ax.plot(data["steps"], data["iqm"], color=colors[variant], label=f"{variant} ({data['games']} games)",
-                linewidth=1.6)
-        ax.fill_between(data["steps"], data["low"], data["high"], color=colors[variant], alpha=0.2, linewidth=0)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("IQM of normalized score")
-    ax.xaxis.set_major_formatter(FuncFormatter(_steps_formatter))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"sample efficiency; {_interval_note(report)}", fontsize=9)
+        _line_with_band(ax, data["steps"], data, "iqm", colors[variant], f"{variant} ({data['games']} games)")
+    _label_axes(ax, "environment steps", "IQM of normalized score", f"sample efficiency; {_interval_note(report)}")
     return _save(figure, out, "--out")
 
 
 def plot_game_curves(report: dict[str, Any], out: str | os.PathLike) -> Path:
     """Per game, each variant's learning curve: mean score over seeds with its bootstrap interval."""
-    from matplotlib.ticker import FuncFormatter
-
     colors = _variant_colors(report)
     env_ids = report["env_ids"]
     columns = min(len(env_ids), 3)
@@ -397,17 +399,9 @@ def plot_game_curves(report: dict[str, Any], out: str | os.PathLike) -> Path:
     axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False)).reshape(-1)
     for ax, env_id in zip(axes, env_ids):
         for curve in (c for c in report["curves"] if c["env_id"] == env_id):
-            color = colors[curve["variant"]]
-            ax.plot(curve["steps"], curve["mean"], color=color, label=curve["variant"], linewidth=1.6)
-            ax.fill_between(curve["steps"], curve["low"], curve["high"], color=color, alpha=0.2, linewidth=0)
-        ax.set_title(env_id, fontsize=10)
-        ax.set_xlabel("environment steps")
-        ax.set_ylabel("score")
-        ax.xaxis.set_major_formatter(FuncFormatter(_steps_formatter))
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-        else:
+            _line_with_band(ax, curve["steps"], curve, "mean", colors[curve["variant"]], curve["variant"])
+        _label_axes(ax, "environment steps", "score", env_id, title_size=10)
+        if not ax.lines:
             ax.text(0.5, 0.5, "no run finished an episode", ha="center", va="center", transform=ax.transAxes)
     for ax in axes[len(env_ids):]:
         ax.set_visible(False)

@@ -28,7 +28,7 @@ import numpy as np
 
 from lot_rl import suite_stats
 from lot_rl.errors import require
-from lot_rl.sweep import FINAL_PROTOCOL, load_results
+from lot_rl.sweep import EXECUTION_KEYS, FINAL_PROTOCOL, RUN_KEYS, load_results
 
 REPORT_FORMAT = "lot_rl-report"
 REPORT_VERSION = 1
@@ -77,6 +77,19 @@ def _common_steps(runs: list[dict[str, Any]]) -> np.ndarray:
     return np.linspace(start, end, len(first)) if end > start else np.asarray([end], dtype=np.float64)
 
 
+def _option_differences(results: list[dict[str, Any]]) -> list[str]:
+    """A note per variant whose runs were trained with different options (other than game, seed, execution)."""
+    ignored = {*RUN_KEYS, *EXECUTION_KEYS}
+    notes = []
+    for variant in sorted({r["variant"] for r in results}):
+        configs = [r["config"] for r in results if r["variant"] == variant]
+        keys = sorted({k for c in configs for k in c if k not in ignored
+                       and len({json.dumps(c.get(k)) for c in configs}) > 1})
+        if keys:
+            notes.append(f"variant {variant}: its runs differ in {', '.join(keys)} (results of different grids?)")
+    return notes
+
+
 def build_report(results: list[dict[str, Any]], baseline: str | None = None, score: str = "train",
                  confidence: float = suite_stats.CONFIDENCE, resamples: int = suite_stats.RESAMPLES,
                  seed: int = suite_stats.BOOTSTRAP_SEED) -> dict[str, Any]:
@@ -98,6 +111,7 @@ def build_report(results: list[dict[str, Any]], baseline: str | None = None, sco
             notes.append(f"run {result['run']}: no episode finished, left out")
             continue
         scored.setdefault((result["env_id"], result["variant"]), []).append({**result, "score": value})
+    notes += _option_differences(results)
     unnormalized = [e for e in env_ids if suite_stats.game_key(e) not in suite_stats.NORMALIZATION]
     for env_id in unnormalized:
         notes.append(f"{env_id}: no random/reference scores in lot_rl.suite_stats.NORMALIZATION, so it has "

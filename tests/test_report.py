@@ -14,7 +14,7 @@ from lot_rl.sweep import RunSpec, build_result, load_results, result_path, run_p
 TOTAL_STEPS = 1000
 
 
-def write_fake_run(out, env_id, variant, seed, score, evaluation=None):
+def write_fake_run(out, env_id, variant, seed, score, evaluation=None, total_timesteps=TOTAL_STEPS):
     """A run folder as `lot-rl train` leaves it (200 episodes: 0 for the first 100, then `score`), and its result."""
     spec = RunSpec(env_id, variant, seed, {})
     run_dir = run_path(out, spec)
@@ -26,7 +26,8 @@ def write_fake_run(out, env_id, variant, seed, score, evaluation=None):
     if score is None:
         rows = [r for r in rows if "charts/SPS" in r]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (run_dir / "config.yaml").write_text(f"env_id: {env_id}\nseed: {seed}\nrun_dir: /somewhere\n")
+    (run_dir / "config.yaml").write_text(f"env_id: {env_id}\nseed: {seed}\nrun_dir: /somewhere\n"
+                                         f"total_timesteps: {total_timesteps}\n")
     result = build_result(spec, run_dir)
     if evaluation is not None:
         result["evaluation"] = {"episodes": 3, "mean": evaluation}
@@ -117,8 +118,9 @@ def test_eval_score_and_what_the_aggregates_leave_out(tmp_path):
     for seed, score in enumerate([1.0, 2.0], start=1):
         write_fake_run(out, "MinAtar/Breakout-v1", "ppo", seed, score, evaluation=10.0 * score)
         write_fake_run(out, "SeaquestNoFrameskip-v4", "ppo", seed, 100.0 * score)
-    write_fake_run(out, "MinAtar/Breakout-v1", "ppo", 3, None)  # no finished episode
+    write_fake_run(out, "MinAtar/Breakout-v1", "ppo", 3, None, total_timesteps=5)  # no episode; another budget
     report = build_report(load_results(out), resamples=200)
+    assert "variant ppo: its runs differ in total_timesteps (results of different grids?)" in report["notes"]
     assert any("SeaquestNoFrameskip-v4: no random/reference scores" in n for n in report["notes"])
     assert any("MinAtar-Breakout-v1__ppo__3: no episode finished" in n for n in report["notes"])
     (row,) = report["aggregate"]

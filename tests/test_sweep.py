@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -110,6 +111,12 @@ def test_a_sweep_folder_keeps_its_grid(tmp_path, capsys):
     (other / "notes.txt").write_text("mine")
     assert main(["sweep", str(path), "--out", str(other)]) == 2
     assert "is not a sweep folder (it has no grid.yaml) and is not empty" in capsys.readouterr().err
+
+
+def test_the_example_smoke_grid_resolves():
+    grid = read_grid(Path(__file__).resolve().parents[1] / "scripts" / "grids" / "atari-smoke.yaml")
+    assert len(grid.runs()) == 12 and grid.variants["lot-light"]["student_steps_ratio"] == 1
+    assert grid.variants["ppo"]["num_students"] == 0 and grid.variants["ppo"]["total_timesteps"] == 4096
 
 
 def test_learning_curve_is_the_final_score_protocol_at_each_point():
