@@ -1,8 +1,8 @@
 """``lot-rl``: the command line, a thin layer over functions that can be called from Python.
 
 Verbs follow rl-zoo3's habits: ``train``, ``eval``, ``compare``, ``plot``, ``sweep`` and ``report``, plus the
-supervised entry points ``cv`` and ``lm``. Each verb lives in its own module, imported only when that verb runs (so ``lot-rl eval``
-does not pay for importing the supervised code). A module provides::
+supervised entry points ``cv`` and ``lm``. Each verb lives in its own module, imported only when that verb runs
+(so ``lot-rl eval`` does not pay for importing the supervised code). A module provides::
 
     configure_parser(parser: argparse.ArgumentParser, command: str) -> None
     run_command(args: argparse.Namespace, command: str) -> int | None

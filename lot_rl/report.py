@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -90,113 +92,105 @@ def _option_differences(results: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def build_report(results: list[dict[str, Any]], baseline: str | None = None, score: str = "train",
-                 confidence: float = suite_stats.CONFIDENCE, resamples: int = suite_stats.RESAMPLES,
-                 seed: int = suite_stats.BOOTSTRAP_SEED) -> dict[str, Any]:
-    """Every number of the report, as plain JSON-ready data (see the module docstring)."""
-    require(score in SCORES, f"unknown --score {score!r}; choose one of {', '.join(SCORES)}")
-    require(0.0 < confidence < 1.0, f"--confidence must be in (0, 1), got {confidence}")
-    require(resamples >= 100, f"--resamples must be >= 100, got {resamples}")
-    settings = {"confidence": confidence, "resamples": resamples, "seed": seed}
-    names = sorted({r["variant"] for r in results})
-    require(baseline is None or baseline in names,
-            f"--baseline {baseline!r} is not in the results; their variants are {', '.join(names)}")
-    variants = ([baseline] if baseline else []) + [v for v in names if v != baseline]
-    env_ids = sorted({r["env_id"] for r in results})
-    notes: list[str] = []
-    scored: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for result in sorted(results, key=lambda r: (r["env_id"], r["variant"], r["seed"])):
-        value = run_score(result, score)
-        if value is None:
-            notes.append(f"run {result['run']}: no episode finished, left out")
-            continue
-        scored.setdefault((result["env_id"], result["variant"]), []).append({**result, "score": value})
-    notes += _option_differences(results)
-    unnormalized = [e for e in env_ids if suite_stats.game_key(e) not in suite_stats.NORMALIZATION]
-    for env_id in unnormalized:
-        notes.append(f"{env_id}: no random/reference scores in lot_rl.suite_stats.NORMALIZATION, so it has "
-                     f"per-game numbers only and the aggregates leave it out")
+@dataclass
+class _Scores:
+    """The runs' scores by game and variant (runs without a score left out), in seed order."""
 
-    def strata(variant: str, normalized: bool) -> dict[str, np.ndarray]:
+    env_ids: list[str]
+    variants: list[str]
+    runs: dict[tuple[str, str], list[dict[str, Any]]]  # (env_id, variant) -> results, each with its "score"
+
+    def games(self, variant: str, normalized: bool) -> dict[str, np.ndarray]:
+        """env_id -> the variant's scores on it (normalized: only the games with anchors)."""
         out = {}
-        for env_id in env_ids:
-            runs = scored.get((env_id, variant))
-            if not runs:
-                continue
-            values = np.asarray([r["score"] for r in runs])
-            if normalized:
-                values = suite_stats.normalize(suite_stats.game_key(env_id), values)
-                if values is None:
-                    continue
-            out[env_id] = values
+        for env_id in self.env_ids:
+            runs = self.runs.get((env_id, variant))
+            if runs:
+                values = np.asarray([r["score"] for r in runs], dtype=np.float64)
+                values = suite_stats.normalize(suite_stats.game_key(env_id), values) if normalized else values
+                if values is not None:
+                    out[env_id] = values
         return out
 
-    per_game = []
-    for env_id in env_ids:
-        for variant in variants:
-            runs = scored.get((env_id, variant))
-            if not runs:
+
+def _per_game(scores: _Scores, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for env_id in scores.env_ids:
+        for variant in scores.variants:
+            values = scores.games(variant, normalized=False).get(env_id)
+            if values is None:
                 continue
-            values = np.asarray([r["score"] for r in runs])
             low, high = _interval([values], suite_stats.aggregate_mean, settings) if values.size > 1 else (None, None)
             normalized = suite_stats.normalize(suite_stats.game_key(env_id), values)
-            per_game.append({"env_id": env_id, "game": suite_stats.game_key(env_id), "variant": variant,
-                             "seeds": [r["seed"] for r in runs], "scores": values.tolist(), "runs": int(values.size),
-                             "mean": float(values.mean()), "low": low, "high": high,
-                             "normalized_mean": None if normalized is None else float(normalized.mean())})
+            rows.append({"env_id": env_id, "game": suite_stats.game_key(env_id), "variant": variant,
+                         "seeds": [r["seed"] for r in scores.runs[(env_id, variant)]], "scores": values.tolist(),
+                         "runs": int(values.size), "mean": float(values.mean()), "low": low, "high": high,
+                         "normalized_mean": None if normalized is None else float(normalized.mean())})
+    return rows
 
-    aggregate = []
-    for variant in variants:
-        games = strata(variant, normalized=True)
-        if not games:
+
+def _aggregate(scores: _Scores, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for variant in scores.variants:
+        values = list(scores.games(variant, normalized=True).values())
+        if not values:
             continue
-        values = list(games.values())
         iqm_low, iqm_high = _interval(values, suite_stats.aggregate_iqm, settings)
         mean_low, mean_high = _interval(values, suite_stats.aggregate_mean, settings)
-        aggregate.append({"variant": variant, "games": len(games), "runs": int(sum(v.size for v in values)),
-                          "iqm": float(suite_stats.aggregate_iqm(*values)), "iqm_low": iqm_low, "iqm_high": iqm_high,
-                          "mean": float(suite_stats.aggregate_mean(*values)), "mean_low": mean_low,
-                          "mean_high": mean_high})
+        rows.append({"variant": variant, "games": len(values), "runs": int(sum(v.size for v in values)),
+                     "iqm": float(suite_stats.aggregate_iqm(*values)), "iqm_low": iqm_low, "iqm_high": iqm_high,
+                     "mean": float(suite_stats.aggregate_mean(*values)), "mean_low": mean_low, "mean_high": mean_high})
+    return rows
 
-    improvement = []
-    if baseline is not None:
-        base = strata(baseline, normalized=False)
-        for variant in variants[1:]:
-            other = strata(variant, normalized=False)
-            common = [e for e in env_ids if e in base and e in other]
-            if not common:
-                notes.append(f"{variant} and {baseline} share no game: no probability of improvement")
-                continue
-            samples = [other[e] for e in common] + [base[e] for e in common]
-            statistic = suite_stats.improvement_statistic(len(common))
-            low, high = _interval(samples, statistic, settings)
-            improvement.append({"variant": variant, "baseline": baseline, "games": len(common),
-                                "probability": float(statistic(*samples)), "low": low, "high": high})
 
-    profile: dict[str, Any] = {}
-    normalized_all = [v for variant in variants for v in strata(variant, normalized=True).values()]
-    if normalized_all:
-        pooled = np.concatenate(normalized_all)
-        taus = np.linspace(min(0.0, float(pooled.min())), max(1.0, float(pooled.max())), PROFILE_POINTS)
-        profile = {"taus": taus.tolist(), "variants": {}}
-        for variant in variants:
-            games = strata(variant, normalized=True)
-            if games:
-                statistic = suite_stats.profile_statistic(taus)
-                low, high = _interval(list(games.values()), statistic, settings)
-                profile["variants"][variant] = {"fraction": statistic(*games.values()).tolist(), "low": low,
-                                                "high": high}
+def _improvement(scores: _Scores, baseline: str, settings: dict[str, Any], notes: list[str]) -> list[dict[str, Any]]:
+    """P(X > baseline) on raw scores (normalization keeps each game's order), over the games both have."""
+    rows = []
+    base = scores.games(baseline, normalized=False)
+    for variant in scores.variants:
+        if variant == baseline:
+            continue
+        other = scores.games(variant, normalized=False)
+        common = [e for e in scores.env_ids if e in base and e in other]
+        if not common:
+            notes.append(f"{variant} and {baseline} share no game: no probability of improvement")
+            continue
+        samples = [other[e] for e in common] + [base[e] for e in common]
+        statistic = suite_stats.improvement_statistic(len(common))
+        low, high = _interval(samples, statistic, settings)
+        rows.append({"variant": variant, "baseline": baseline, "games": len(common),
+                     "probability": float(statistic(*samples)), "low": low, "high": high})
+    return rows
 
-    efficiency: dict[str, Any] = {}
-    curves = []
-    for variant in variants:
-        runs_by_game = {e: scored[(e, variant)] for e in env_ids if (e, variant) in scored}
+
+def _performance_profile(scores: _Scores, settings: dict[str, Any]) -> dict[str, Any]:
+    games = {v: scores.games(v, normalized=True) for v in scores.variants}
+    pooled = [x for by_game in games.values() for x in by_game.values()]
+    if not pooled:
+        return {}
+    everything = np.concatenate(pooled)
+    taus = np.linspace(min(0.0, float(everything.min())), max(1.0, float(everything.max())), PROFILE_POINTS)
+    statistic = suite_stats.profile_statistic(taus)
+    profile: dict[str, Any] = {"taus": taus.tolist(), "variants": {}}
+    for variant, by_game in games.items():
+        if by_game:
+            low, high = _interval(list(by_game.values()), statistic, settings)
+            profile["variants"][variant] = {"fraction": statistic(*by_game.values()).tolist(), "low": low,
+                                            "high": high}
+    return profile
+
+
+def _curves(scores: _Scores, settings: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per game and variant the mean learning curve over seeds; per variant the normalized IQM curve."""
+    curves, efficiency = [], {}
+    for variant in scores.variants:
+        runs_by_game = {e: scores.runs[(e, variant)] for e in scores.env_ids if (e, variant) in scores.runs}
         if not runs_by_game:
             continue
         steps = _common_steps([r for runs in runs_by_game.values() for r in runs])
         matrices = {e: _curve_matrix(runs, steps) for e, runs in runs_by_game.items()}
-        for env_id, matrix in matrices.items():  # per game: mean over seeds
-            ok = ~np.isnan(matrix).any(axis=1)
+        for env_id, matrix in matrices.items():
+            ok = ~np.isnan(matrix).any(axis=1)  # the points where every seed has a value
             if ok.any():
                 mean = matrix[ok].mean(axis=1)
                 low, high = (_interval([matrix[ok]], suite_stats.aggregate_mean, settings) if matrix.shape[1] > 1
@@ -212,29 +206,59 @@ def build_report(results: list[dict[str, Any]], baseline: str | None = None, sco
                 low, high = _interval(values, suite_stats.aggregate_iqm, settings)
                 efficiency[variant] = {"steps": steps[ok].tolist(), "iqm": suite_stats.aggregate_iqm(*values).tolist(),
                                        "low": low, "high": high, "games": len(values)}
+    return curves, efficiency
 
-    throughput = []
+
+def _throughput(results: list[dict[str, Any]], variants: list[str]) -> list[dict[str, Any]]:
+    rows = []
     for variant in variants:
         runs = [r for r in results if r["variant"] == variant]
         speeds = [r["env_steps_per_s"] for r in runs if r.get("env_steps_per_s")]
-        throughput.append({"variant": variant, "runs": len(runs),
-                           "env_steps_per_s": float(np.mean(speeds)) if speeds else None,
-                           "wall_hours": sum(r["wall_time_s"] or 0.0 for r in runs) / 3600.0,
-                           "total_steps": int(sum(r["total_steps"] for r in runs)),
-                           "machines": sorted({r.get("machine", {}).get("cpu", "?") for r in runs})})
+        rows.append({"variant": variant, "runs": len(runs),
+                     "env_steps_per_s": float(np.mean(speeds)) if speeds else None,
+                     "wall_hours": sum(r["wall_time_s"] or 0.0 for r in runs) / 3600.0,
+                     "total_steps": int(sum(r["total_steps"] for r in runs)),
+                     "machines": sorted({r.get("machine", {}).get("cpu", "?") for r in runs})})
+    return rows
 
-    used_games = sorted({suite_stats.game_key(e) for e in env_ids} & set(suite_stats.NORMALIZATION))
+
+def build_report(results: list[dict[str, Any]], baseline: str | None = None, score: str = "train",
+                 confidence: float = suite_stats.CONFIDENCE, resamples: int = suite_stats.RESAMPLES,
+                 seed: int = suite_stats.BOOTSTRAP_SEED) -> dict[str, Any]:
+    """Every number of the report, as plain JSON-ready data (see the module docstring)."""
+    require(score in SCORES, f"unknown --score {score!r}; choose one of {', '.join(SCORES)}")
+    require(0.0 < confidence < 1.0, f"--confidence must be in (0, 1), got {confidence}")
+    require(resamples >= 100, f"--resamples must be >= 100, got {resamples}")
+    settings = {"confidence": confidence, "resamples": resamples, "seed": seed}
+    names = sorted({r["variant"] for r in results})
+    require(baseline is None or baseline in names,
+            f"--baseline {baseline!r} is not in the results; their variants are {', '.join(names)}")
+    scores = _Scores(env_ids=sorted({r["env_id"] for r in results}),
+                     variants=([baseline] if baseline else []) + [v for v in names if v != baseline], runs={})
+    notes: list[str] = []
+    for result in sorted(results, key=lambda r: (r["env_id"], r["variant"], r["seed"])):
+        value = run_score(result, score)
+        if value is None:
+            notes.append(f"run {result['run']}: no episode finished, left out")
+        else:
+            scores.runs.setdefault((result["env_id"], result["variant"]), []).append({**result, "score": value})
+    notes += _option_differences(results)
+    for env_id in scores.env_ids:
+        if suite_stats.game_key(env_id) not in suite_stats.NORMALIZATION:
+            notes.append(f"{env_id}: no random/reference scores in lot_rl.suite_stats.NORMALIZATION, so it has "
+                         f"per-game numbers only and the aggregates leave it out")
+    games = sorted({suite_stats.game_key(e) for e in scores.env_ids} & set(suite_stats.NORMALIZATION))
+    curves, efficiency = _curves(scores, settings)
     report = {
         "format": REPORT_FORMAT, "version": REPORT_VERSION,
         "score": {"name": score, "protocol": SCORES[score]},
         "bootstrap": {**settings, "method": "stratified bootstrap over runs within each game, percentile interval"},
-        "baseline": baseline, "variants": variants, "env_ids": env_ids, "runs": len(results),
-        "normalization": {g: {"random": a.random, "reference": a.reference, "random_source": a.random_source,
-                              "reference_source": a.reference_source}
-                          for g, a in ((g, suite_stats.NORMALIZATION[g]) for g in used_games)},
-        "per_game": per_game, "aggregate": aggregate, "improvement": improvement,
-        "performance_profile": profile, "sample_efficiency": efficiency, "curves": curves,
-        "throughput": throughput, "notes": notes,
+        "baseline": baseline, "variants": scores.variants, "env_ids": scores.env_ids, "runs": len(results),
+        "normalization": {g: dataclasses.asdict(suite_stats.NORMALIZATION[g]) for g in games},
+        "per_game": _per_game(scores, settings), "aggregate": _aggregate(scores, settings),
+        "improvement": _improvement(scores, baseline, settings, notes) if baseline else [],
+        "performance_profile": _performance_profile(scores, settings), "sample_efficiency": efficiency,
+        "curves": curves, "throughput": _throughput(results, scores.variants), "notes": notes,
     }
     return _rounded(report)
 

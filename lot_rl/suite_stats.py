@@ -54,7 +54,8 @@ _MINATAR_RANDOM = ("uniform random policy, mean episode return measured on this 
 _MINATAR_REFERENCE = ("AC(lambda) at 5M frames, read from the learning curves of Young & Tian (2019), 'MinAtar: An "
                       "Atari-Inspired Testbed', approximate")
 _ATARI_RANDOM = "random policy score of DeepMind's Atari tables (Mnih et al. 2015; Badia et al. 2020, Agent57)"
-_ATARI_REFERENCE = "human score of DeepMind's Atari tables (Badia et al. 2020, Agent57; the scores rliable's Atari data use)"
+_ATARI_REFERENCE = ("human score of DeepMind's Atari tables (Badia et al. 2020, Agent57; the scores rliable's Atari "
+                    "data use)")
 
 NORMALIZATION: dict[str, ScoreAnchors] = {
     "MinAtar/Asterix": ScoreAnchors(0.49, 19.0, _MINATAR_RANDOM, _MINATAR_REFERENCE),
