@@ -731,8 +731,8 @@ def sweep(grid: Grid, out: str | os.PathLike, *, env_ids: Sequence[str] | None =
     if threads is None:
         threads = slurm.cpus if executor != "pool" else max(1, cores // min(workers, max(len(todo), 1)))
     counts = {s: sum(v == s for v in states.values()) for s in ("done", "resume", "evaluate", "new")}
-    where = (f"{min(workers, len(todo))} worker(s) x {threads} thread(s)" if executor == "pool"
-             else f"submitit ({executor}), {threads} thread(s) per job")
+    where = ("nothing to run" if not todo else f"{min(workers, len(todo))} worker(s) x {threads} thread(s)"
+             if executor == "pool" else f"submitit ({executor}), {threads} thread(s) per job")
     log(f"sweep {out}: {len(specs)} run(s) ({len({s.env_id for s in specs})} game(s) x "
         f"{len({s.seed for s in specs})} seed(s) x {len({s.variant for s in specs})} variant(s)); "
         f"{counts['done']} finished, {counts['resume']} to resume, {counts['evaluate']} to evaluate, "
