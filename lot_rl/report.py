@@ -30,7 +30,8 @@ import numpy as np
 
 from lot_rl import suite_stats
 from lot_rl.errors import require
-from lot_rl.sweep import EXECUTION_KEYS, FINAL_PROTOCOL, RUN_KEYS, load_results
+from lot_rl.results import FINAL_PROTOCOL, load_results
+from lot_rl.sweep import EXECUTION_KEYS, RUN_KEYS
 
 REPORT_FORMAT = "lot_rl-report"
 REPORT_VERSION = 1

@@ -9,7 +9,8 @@ import pytest
 from lot_rl import suite_stats
 from lot_rl.cli import main
 from lot_rl.report import build_report
-from lot_rl.sweep import RunSpec, build_result, load_results, result_path, run_path, write_result
+from lot_rl.results import build_result, load_results, write_result
+from lot_rl.sweep import RunSpec, result_path, run_path
 
 TOTAL_STEPS = 1000
 
@@ -28,7 +29,7 @@ def write_fake_run(out, env_id, variant, seed, score, evaluation=None, total_tim
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (run_dir / "config.yaml").write_text(f"env_id: {env_id}\nseed: {seed}\nrun_dir: /somewhere\n"
                                          f"total_timesteps: {total_timesteps}\n")
-    result = build_result(spec, run_dir)
+    result = build_result(run_dir, env_id, variant, seed)
     if evaluation is not None:
         result["evaluation"] = {"episodes": 3, "mean": evaluation}
     write_result(result_path(out, spec), result)

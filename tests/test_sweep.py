@@ -18,8 +18,8 @@ from lot_rl.agents import ppo_lot_atari
 from lot_rl.checkpoint import load_checkpoint
 from lot_rl.cli import main
 from lot_rl.runlog import read_metrics
-from lot_rl.sweep import (RUN_KEYS, execute_run, learning_curve, prepare_folder, read_grid, result_path,
-                          run_path, run_state)
+from lot_rl.results import learning_curve
+from lot_rl.sweep import RUN_KEYS, execute_run, prepare_folder, read_grid, result_path, run_path, run_state
 
 GRID = """\
 env_ids: [BreakoutNoFrameskip-v4, PongNoFrameskip-v4]
