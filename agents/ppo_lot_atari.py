@@ -442,8 +442,9 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             "next_obs": next_obs.cpu(), "next_done": next_done.cpu()})
 
     cfg_lib.save_config(args, run_dir / "config.yaml")
+    # A resumed run drops what was logged after its checkpoint (the rows at the checkpoint's step stay).
     logger = RunLogger(run_dir, hparams=cfg_lib.to_dict(args),
-                       purge_step=global_step if checkpoint is not None else None)
+                       purge_step=global_step + 1 if checkpoint is not None else None)
     bar = progress_bar(args.num_updates * args.batch_size, initial=global_step, desc=game.name)
     recent_returns: list[float] = []
     start_time, start_step = time.time(), global_step

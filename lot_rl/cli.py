@@ -1,8 +1,8 @@
 """``lot-rl``: the command line, a thin layer over functions that can be called from Python.
 
-Verbs follow rl-zoo3's habits: ``train``, ``eval``, ``compare``, ``plot``, plus the supervised entry points
-``cv`` and ``lm``. Each verb lives in its own module, imported only when that verb runs (so ``lot-rl eval``
-does not pay for importing the supervised code). A module provides::
+Verbs follow rl-zoo3's habits: ``train``, ``eval``, ``compare``, ``plot``, ``sweep`` and ``report``, plus the
+supervised entry points ``cv`` and ``lm``. Each verb lives in its own module, imported only when that verb runs
+(so ``lot-rl eval`` does not pay for importing the supervised code). A module provides::
 
     configure_parser(parser: argparse.ArgumentParser, command: str) -> None
     run_command(args: argparse.Namespace, command: str) -> int | None
@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("lot_rl.evaluation", "evaluate saved policies on full games"),
     "compare": ("lot_rl.evaluation", "evaluate several runs and compare them side by side"),
     "plot": ("lot_rl.plotting", "plot learning curves from run folders"),
+    "sweep": ("lot_rl.sweep", "train a grid of games x seeds x variants, resumable (local pool or Slurm)"),
+    "report": ("lot_rl.report", "seed-level statistics and figures of a sweep's results (rliable's definitions)"),
     "cv": ("lot_rl.supervised.cv", "image classification with LoT (PreResNet)"),
     "lm": ("lot_rl.supervised.lm", "language modeling with LoT (LSTM / Transformer)"),
 }

@@ -174,6 +174,15 @@ def _coerce(cls, values: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
+def check_values(cls, values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Options written by hand (a file, a grid, ``KEY=VALUE``) checked against ``cls``: known names, types, choices.
+
+    Returns them coerced to the fields' types; a problem raises one line that names ``source``.
+    """
+    _check_known(cls, values, source)
+    return _coerce(cls, values, source)
+
+
 def resolve(cls, cli_values: dict[str, Any], presets: dict[str, dict[str, Any]] | None = None,
             preset: str | None = None, config_file: str | Path | None = None):
     """Build ``cls`` from defaults < preset < config file < command line."""
@@ -184,9 +193,7 @@ def resolve(cls, cli_values: dict[str, Any], presets: dict[str, dict[str, Any]] 
             raise LoTUserError(f"unknown preset {preset!r}; choose one of {', '.join(presets)}")
         values.update(presets[preset])
     if config_file is not None:
-        from_file = read_config_file(config_file)
-        _check_known(cls, from_file, f"config file {config_file}")
-        values.update(_coerce(cls, from_file, f"config file {config_file}"))
+        values.update(check_values(cls, read_config_file(config_file), f"config file {config_file}"))
     values.update(cli_values)
     _check_known(cls, values, "the options")
     return cls(**values)

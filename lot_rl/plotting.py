@@ -326,3 +326,109 @@ def run_command(ns: argparse.Namespace, command: str = "plot") -> int:
                                 kl=args.kl, metrics=args.metrics, title=args.title)
     print(f"plot: {path}")
     return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures of `lot-rl report` (drawn from the report's numbers; see lot_rl.report)
+
+
+def _variant_colors(report: dict[str, Any]) -> dict[str, str]:
+    return {variant: f"C{k % 10}" for k, variant in enumerate(report["variants"])}
+
+
+def _interval_note(report: dict[str, Any]) -> str:
+    boot = report["bootstrap"]
+    return f"{boot['confidence']:.0%} stratified bootstrap intervals, {boot['resamples']:,} resamples"
+
+
+def plot_score_intervals(report: dict[str, Any], out: str | os.PathLike) -> Path | None:
+    """Normalized IQM and mean per variant, and the probability of improvement over the baseline, with their
+    intervals (rliable's interval plots). None when the report has neither (no normalizable game, no baseline)."""
+    panels = ([("iqm", "IQM of normalized scores"), ("mean", "mean of normalized scores")]
+              if report["aggregate"] else [])
+    if report["improvement"]:
+        panels.append(("probability", f"P(X > {report['baseline']})"))
+    if not panels:
+        return None
+    colors = _variant_colors(report)
+    figure = _new_figure(3.6 * len(panels), 1.0 + 0.45 * len(report["variants"]))
+    axes = np.atleast_1d(figure.subplots(1, len(panels), squeeze=False)[0])
+    for ax, (key, title) in zip(axes, panels):
+        rows = report["improvement"] if key == "probability" else report["aggregate"]
+        labels = [row["variant"] for row in rows]
+        positions = np.arange(len(rows))[::-1]
+        for row, y in zip(rows, positions):
+            low, high = row.get(f"{key}_low", row.get("low")), row.get(f"{key}_high", row.get("high"))
+            ax.barh(y, high - low, left=low, height=0.6, color=colors[row["variant"]], alpha=0.75)
+            ax.plot([row[key], row[key]], [y - 0.3, y + 0.3], color="black", linewidth=1.5)
+        if key == "probability":
+            ax.axvline(0.5, color="gray", linestyle="--", linewidth=1)
+        ax.set_yticks(positions, labels)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    figure.suptitle(_interval_note(report), fontsize=9)
+    return _save(figure, out, "--out")
+
+
+def _line_with_band(ax, x: Sequence[float], data: dict[str, Any], key: str, color: str, label: str) -> None:
+    ax.plot(x, data[key], color=color, label=label, linewidth=1.6)
+    ax.fill_between(x, data["low"], data["high"], color=color, alpha=0.2, linewidth=0)
+
+
+def _label_axes(ax, xlabel: str, ylabel: str, title: str, title_size: int = 9) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if xlabel == "environment steps":
+        ax.xaxis.set_major_formatter(FuncFormatter(_steps_formatter))
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=title_size)
+    if ax.lines:
+        ax.legend(fontsize=8)
+
+
+def plot_performance_profile(report: dict[str, Any], out: str | os.PathLike) -> Path:
+    """Fraction of runs whose normalized score exceeds tau, per variant, with its interval band."""
+    profile = report["performance_profile"]
+    colors = _variant_colors(report)
+    figure = _new_figure(5.5, 3.8)
+    ax = figure.subplots()
+    for variant, data in profile["variants"].items():
+        _line_with_band(ax, profile["taus"], data, "fraction", colors[variant], variant)
+    ax.set_ylim(-0.02, 1.02)
+    _label_axes(ax, "normalized score tau", "fraction of runs with score > tau",
+                f"performance profiles; {_interval_note(report)}")
+    return _save(figure, out, "--out")
+
+
+def plot_sample_efficiency(report: dict[str, Any], out: str | os.PathLike) -> Path:
+    """IQM of normalized scores against env steps, per variant, with its interval band."""
+    colors = _variant_colors(report)
+    figure = _new_figure(5.5, 3.8)
+    ax = figure.subplots()
+    for variant, data in report["sample_efficiency"].items():
+        _line_with_band(ax, data["steps"], data, "iqm", colors[variant], f"{variant} ({data['games']} games)")
+    _label_axes(ax, "environment steps", "IQM of normalized score", f"sample efficiency; {_interval_note(report)}")
+    return _save(figure, out, "--out")
+
+
+def plot_game_curves(report: dict[str, Any], out: str | os.PathLike) -> Path:
+    """Per game, each variant's learning curve: mean score over seeds with its bootstrap interval."""
+    colors = _variant_colors(report)
+    env_ids = report["env_ids"]
+    columns = min(len(env_ids), 3)
+    rows = -(-len(env_ids) // columns)
+    figure = _new_figure(4.6 * columns, 3.3 * rows)
+    axes = np.atleast_2d(figure.subplots(rows, columns, squeeze=False)).reshape(-1)
+    for ax, env_id in zip(axes, env_ids):
+        for curve in (c for c in report["curves"] if c["env_id"] == env_id):
+            _line_with_band(ax, curve["steps"], curve, "mean", colors[curve["variant"]], curve["variant"])
+        _label_axes(ax, "environment steps", "score", env_id, title_size=10)
+        if not ax.lines:
+            ax.text(0.5, 0.5, "no run finished an episode", ha="center", va="center", transform=ax.transAxes)
+    for ax in axes[len(env_ids):]:
+        ax.set_visible(False)
+    figure.suptitle(f"mean over seeds; {report['score']['protocol'].split(' (')[0]}; "
+                    f"{_interval_note(report).replace('stratified ', '')}", fontsize=9)
+    return _save(figure, out, "--out")

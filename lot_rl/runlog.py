@@ -72,6 +72,8 @@ class RunLogger:
     def __init__(self, run_dir: str | Path, hparams: dict[str, Any] | None = None, purge_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
+        if purge_step is not None:
+            drop_metrics_from(self.run_dir, purge_step)
         self._jsonl = open(self.run_dir / METRICS_NAME, "a", buffering=1)
         if hparams is not None and purge_step is None:
             table = "\n".join(f"|{k}|{v}|" for k, v in hparams.items())
@@ -101,6 +103,29 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def drop_metrics_from(run_dir: str | Path, step: int) -> None:
+    """Remove the rows logged at ``step`` or later, as TensorBoard's ``purge_step`` hides those events.
+
+    A run stopped between two checkpoints (killed, or crashed) logged rows that its resumption logs
+    again; a resumed run drops them first so that no episode or update is counted twice.
+    """
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if _row_step(line) is not None and _row_step(line) < step]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
+def _row_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None  # a partial last line left by a crash
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "", unit: str = "step") -> tqdm:

@@ -70,11 +70,11 @@ def bootstrap_interval(values: Sequence[float] | np.ndarray,
 def probability_of_improvement(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """P(X > Y) + P(X = Y) / 2 for one episode of each, over all pairs (the Mann-Whitney U statistic / nm)."""
     a, b = _as_array(x, "x"), _as_array(y, "y")
-    return float(_pairwise_improvement(a[None, :], b[None, :])[0])
+    return float(pairwise_improvement(a[None, :], b[None, :])[0])
 
 
-def _pairwise_improvement(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """Probability of improvement for each row pair of (r, n) and (r, m) arrays, in row chunks."""
+def pairwise_improvement(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """P(X > Y) + P(X = Y) / 2 for each row pair of (r, n) and (r, m) arrays (row chunks bound the memory)."""
     out = np.empty(a.shape[0])
     for start in range(0, a.shape[0], chunk):
         pa, pb = a[start:start + chunk, :, None], b[start:start + chunk, None, :]
@@ -135,7 +135,7 @@ def compare_returns(candidate: Sequence[float] | np.ndarray, baseline: Sequence[
     rng = np.random.default_rng(seed)
     sa, sb = _resample(a, resamples, rng), _resample(b, resamples, rng)
     diff_low, diff_high = _percentile_interval(iqm(sa, axis=-1) - iqm(sb, axis=-1), confidence)
-    poi_low, poi_high = _percentile_interval(_pairwise_improvement(sa, sb), confidence)
+    poi_low, poi_high = _percentile_interval(pairwise_improvement(sa, sb), confidence)
     return Comparison(probability_of_improvement=probability_of_improvement(a, b), poi_low=poi_low,
                       poi_high=poi_high, iqm_difference=float(iqm(a) - iqm(b)),
                       difference_low=diff_low, difference_high=diff_high)
