@@ -82,7 +82,8 @@ class MinAtarGame:
 
     def choose_backend(self, requested: str | None, *, render: bool = False, flavoured: bool = False) -> str:
         require(requested in (None, *self.backends),
-                f"--backend {requested} is an Atari option; MinAtar games ({self.env_id}) have one env")
+                f"env backend {requested!r} is an Atari option (--env-backend/--backend): MinAtar games "
+                f"({self.env_id}) have one backend")
         return self.backends[0]
 
 
@@ -199,10 +200,11 @@ class MinAtarVectorEnv(VectorEnv):
 
 
 def grid_to_rgb(grid: np.ndarray, scale: int = VIDEO_SCALE) -> np.ndarray:
-    """A ``(C, H, W)`` 0/1 grid as an RGB image, each cell ``scale`` pixels wide; where objects overlap, the
-    higher channel is drawn."""
+    """A ``(C, H, W)`` 0/1 grid as an RGB image, each cell ``scale`` pixels wide. Where objects overlap, the lower
+    channel is drawn: MinAtar lists the player and moving objects first (Breakout's ball over a brick)."""
     channels = grid.shape[0]
     require(channels <= len(CHANNEL_COLOURS), f"cannot draw {channels} channels (at most {len(CHANNEL_COLOURS)})")
-    cell = np.max((grid > 0) * np.arange(1, channels + 1)[:, None, None], axis=0)  # 0: empty
+    occupied = grid > 0
+    cell = np.where(occupied.any(axis=0), occupied.argmax(axis=0) + 1, 0)  # 0: empty, else 1 + first channel
     palette = np.vstack([np.zeros((1, 3), np.uint8), CHANNEL_COLOURS[:channels]])
     return palette[cell].repeat(scale, axis=0).repeat(scale, axis=1)
