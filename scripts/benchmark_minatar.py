@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -39,6 +40,8 @@ from lot_rl.envs.minatar import GAMES
 from lot_rl.runlog import read_metrics
 from lot_rl.runtime import cpu_has_bf16_kernels
 
+from benchmark_throughput import StudentPhaseTimer  # scripts/ is on the path of a script run from it
+
 
 def env_steps_per_second(env_id: str, num_envs: int = 64, steps: int = 2000, seed: int = 0) -> float:
     """The vector env alone: random actions, no network."""
@@ -53,40 +56,20 @@ def env_steps_per_second(env_id: str, num_envs: int = 64, steps: int = 2000, see
     return steps * num_envs / elapsed
 
 
-class _StudentPhaseTimer:
-    """Wall time of each call of the agent module's ``student_phase`` during a run."""
-
-    def __enter__(self):
-        self._original, self.seconds = agent_module.student_phase, []
-
-        def timed(*a, **k):
-            start = time.perf_counter()
-            out = self._original(*a, **k)
-            self.seconds.append(time.perf_counter() - start)
-            return out
-
-        agent_module.student_phase = timed
-        return self
-
-    def __exit__(self, *exc):
-        agent_module.student_phase = self._original
-        return False
-
-
 def train_throughput(preset: str, env_id: str, steps: int, precision: str, root: Path) -> dict[str, float]:
     """One ``lot-rl train --preset PRESET`` run: env steps/s after the first update and in the last update,
     and how much of the last update was the student phase (the rest: rollout and PPO epochs)."""
     args = cfg_lib.resolve(agent_module.Args, dict(env_id=env_id, total_timesteps=steps, precision=precision,
                                                    run_dir=str(root), run_name="run", save_every=10**6),
                            agent_module.PRESETS, preset)
-    with _StudentPhaseTimer() as timer:
+    with StudentPhaseTimer() as timer:
         run_dir = agent_module.train(args)
     rows = [r for r in read_metrics(run_dir) if "charts/SPS" in r]
     last = rows[-1]["time"] - rows[-2]["time"]
     returns = [r["charts/episodic_return"] for r in read_metrics(run_dir) if "charts/episodic_return" in r]
     return {"sps": (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["time"] - rows[0]["time"]),
             "last_update_sps": args.batch_size / last, "last_update_s": last,
-            "student_phase_s": (timer.seconds or [0.0])[-1],
+            "student_phase_s": 0.0 if math.isnan(timer.seconds) else timer.seconds,  # last update's
             "updates": len(rows), "mean_return_last_100": float(np.mean(returns[-100:])) if returns else float("nan")}
 
 

@@ -321,3 +321,15 @@ def test_minatar_train_eval_video_end_to_end(tmp_path, capsys):
         assert size == (320, 320) and video.get(cv2.CAP_PROP_FRAME_COUNT) == episode["length"]
         video.release()
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4  # 2 per policy
+
+
+def test_minatar_run_resumes_and_stays_on_its_game(tmp_path, capsys):
+    args = cfg_lib.resolve(lot.Args, dict(total_timesteps=256, num_envs=4, num_steps=32, run_dir=str(tmp_path),
+                                          run_name="minatar"), lot.PRESETS, "minatar-ppo")
+    run_dir = lot.train(args, max_updates=1)  # stops with a checkpoint, as Ctrl-C does
+    assert load_checkpoint(run_dir)["update"] == 1
+    assert main(["train", "--resume", str(run_dir)]) == 0  # new games, everything else restored
+    ckpt = load_checkpoint(run_dir)
+    assert (ckpt["update"], ckpt["global_step"], ckpt["config"]["env_id"]) == (2, 256, "MinAtar/Breakout-v1")
+    assert main(["train", "--resume", str(run_dir), "--env-id", "BreakoutNoFrameskip-v4"]) == 2
+    assert "is from MinAtar/Breakout-v1, not BreakoutNoFrameskip-v4" in capsys.readouterr().err
