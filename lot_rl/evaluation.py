@@ -62,8 +62,7 @@ class EvalResult:
 
     policy: str
     returns: list[float]
-    lengths: list[int]  # frames: Atari emulator frames (agent steps x 4, as CleanRL and SB3's Monitor report);
-    # MinAtar steps
+    lengths: list[int]  # frames: on Atari emulator frames (agent steps x 4, as CleanRL and SB3's Monitor report)
     truncated: list[bool]  # stopped by the frame cap rather than by the game ending
     settings: dict[str, Any]
     videos: list[str] = field(default_factory=list)

@@ -283,9 +283,10 @@ def test_minatar_presets_are_one_ppo_with_and_without_lot():
                                        "student_weight_decay")} == dict(alpha=0.5, student_steps_ratio=5, obs_num=10,
                                                                         temperature=1.0, student_weight_decay=1e-4)
     args = cfg_lib.resolve(lot.Args, {}, lot.PRESETS, "minatar-ppo")
-    # pgx's MinAtar PPO: minibatches of 4096, 3 epochs, clip 0.2, lr 3e-4 constant, raw rewards
-    assert args.minibatch_size == 4096 and args.update_epochs == 3 and args.clip_coef == 0.2
-    assert args.learning_rate == 3e-4 and args.lr_schedule == "constant" and not args.clip_rewards
+    # PureJaxRL's MinAtar PPO: 64 envs x 128 steps, 4 epochs x 8 minibatches, clip 0.2, lr 5e-3 annealed linearly
+    assert (args.num_envs, args.num_steps, args.update_epochs, args.minibatch_size) == (64, 128, 4, 1024)
+    assert args.learning_rate == 5e-3 and args.lr_schedule == "linear" and args.clip_coef == 0.2
+    assert not args.clip_rewards and args.gamma == 0.99 and args.ent_coef == 0.01
     lot.validate_args(args)
 
 
