@@ -30,9 +30,9 @@ from torch.distributions.categorical import Categorical
 from lot_rl import config as cfg_lib
 from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state)
-from lot_rl.envs.atari import (BACKENDS, get_env_state, make_atari_env, parse_env_id, set_env_state,
-                               supports_state)
-from lot_rl.errors import require
+from lot_rl.envs import make_env, parse_env_id
+from lot_rl.envs.atari import BACKENDS, get_env_state, set_env_state, supports_state
+from lot_rl.errors import LoTUserError, require
 from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
                                 validate_student_weights)
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
@@ -53,14 +53,16 @@ class Args:
     run_name: str | None = cfg_lib.option(None, "run folder name (default: <env>__<exp>__<seed>__<time>)")
     save_every: int = cfg_lib.option(50, "write a checkpoint every N updates (and always at the end)")
     # --- environment
-    env_id: str = cfg_lib.option("BreakoutNoFrameskip-v4", "Atari id (BreakoutNoFrameskip-v4 or ALE/Breakout-v5)")
-    env_backend: str = cfg_lib.option("ale", "ale: native vector env (fast); gymnasium: wrappers (parity, "
-                                      "exact resume)", choices=BACKENDS)
+    env_id: str = cfg_lib.option("BreakoutNoFrameskip-v4", "Atari id (BreakoutNoFrameskip-v4 or ALE/Breakout-v5) "
+                                 "or MinAtar id (MinAtar/Breakout-v1; pip install -e \".[minatar]\")")
+    env_backend: str | None = cfg_lib.option(None, "Atari only: ale (the default): native vector env (fast); "
+                                             "gymnasium: wrappers (parity, exact resume)", choices=BACKENDS)
     num_envs: int = cfg_lib.option(8, "number of parallel environments")
     repeat_action_probability: float | None = cfg_lib.option(
-        None, "sticky actions (default: 0 for -v4 ids, 0.25 for ALE/-v5 ids)")
-    full_action_space: bool = cfg_lib.option(False, "use all 18 Atari actions")
-    env_threads: int = cfg_lib.option(0, "threads of the native vector env (0: one per env up to the cores)")
+        None, "sticky actions (default: 0 for -v4 ids, 0.25 for ALE/-v5 ids, 0.1 for MinAtar ids)")
+    full_action_space: bool = cfg_lib.option(False, "Atari only: use all 18 Atari actions")
+    env_threads: int = cfg_lib.option(0, "Atari only: threads of the native vector env (0: one per env up to "
+                                      "the cores)")
     # --- PPO (the teacher)
     total_timesteps: int = cfg_lib.option(20_000_000, "total environment steps (agent steps, all envs)")
     learning_rate: float = cfg_lib.option(2.5e-4, "Adam learning rate of the teacher")
@@ -80,6 +82,8 @@ class Args:
     vf_coef: float = cfg_lib.option(0.5, "value loss coefficient")
     max_grad_norm: float = cfg_lib.option(0.5, "gradient-norm clip of the teacher")
     target_kl: float | None = cfg_lib.option(None, "stop the PPO epochs early above this approx KL")
+    clip_rewards: bool = cfg_lib.option(True, "learn from sign(reward) as CleanRL on Atari (logged returns are "
+                                        "always the raw game's); --no-clip-rewards learns from raw rewards")
     # --- LoT
     alpha: float = cfg_lib.option(0.5, "weight of the teachability penalty (0: off)")
     num_students: int = cfg_lib.option(1, "number of students K (0: no students)")
@@ -93,7 +97,8 @@ class Args:
     detach: bool = cfg_lib.option(True, "detach student logits in the teacher's penalty (no gradient to students)")
     lot_start: float = cfg_lib.option(0.0, "fraction of training before the penalty starts (it is always off "
                                       "in the first update, whose students are untrained)")
-    student_arch: str = cfg_lib.option("nature", "student network: nature (the teacher's CNN) or small",
+    student_arch: str = cfg_lib.option("nature", "student network: nature (the teacher's: the Nature CNN on Atari, "
+                                       "Young & Tian's on MinAtar) or small (Atari only: the 2013 DQN CNN)",
                                        choices=STUDENT_ARCHS)
     student_lr: float | None = cfg_lib.option(None, "student learning rate (default: --learning-rate), "
                                               "same schedule as the teacher")
@@ -106,6 +111,8 @@ class Args:
                                     "AVX2-only CPUs)", choices=("fp32", "bf16"))
     channels_last: bool = cfg_lib.option(True, "channels-last memory format for the CNNs (oneDNN on CPU: about "
                                          "1.45x faster training steps than NCHW); --no-channels-last for NCHW")
+    threads: int = cfg_lib.option(0, "torch CPU threads (0: torch's default); the MinAtar presets use 1, as "
+                                  "intra-op threads only slow their small networks down")
 
     @property
     def batch_size(self) -> int:
@@ -128,6 +135,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ppo": dict(total_timesteps=10_000_000, lr_schedule="linear", alpha=0.0, num_students=0,
                 student_steps_ratio=0),
 }
+# MinAtar: PureJaxRL's PPO for MinAtar (examples/brax_minatar.ipynb in luchris429/purejaxrl, "tuned to do well on
+# Gymnax's MinAtar environments"): 64 envs x 128 steps, 4 epochs x 8 minibatches, Adam 5e-3 annealed linearly to
+# 0, clip 0.2, entropy 0.01, value 0.5, max-grad-norm 0.5, gamma 0.99, GAE 0.95, raw rewards; here with Young &
+# Tian's network and 5M steps. Sources and deviations: docs/minatar.md.
+MINATAR_PPO: dict[str, Any] = dict(
+    env_id="MinAtar/Breakout-v1", total_timesteps=5_000_000, num_envs=64, num_steps=128, num_minibatches=8,
+    update_epochs=4, learning_rate=5e-3, lr_schedule="linear", clip_coef=0.2, ent_coef=0.01, vf_coef=0.5,
+    max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95, clip_rewards=False,
+    # CPU speed, measured (docs/minatar.md): NCHW and one torch thread are faster for this small network.
+    channels_last=False, threads=1)
+PRESETS.update({
+    # PureJaxRL's MinAtar PPO, teacher only.
+    "minatar-ppo": dict(MINATAR_PPO, alpha=0.0, num_students=0, student_steps_ratio=0),
+    # The same PPO with LoT at the paper's settings.
+    "minatar": dict(MINATAR_PPO, alpha=0.5, num_students=1, student_steps_ratio=5, obs_num=10, temperature=1.0,
+                    student_weight_decay=1e-4),
+})
 
 OPTION_GROUPS = {**{n: "experiment" for n in ("exp_name", "seed", "torch_deterministic", "device", "run_dir",
                                                "run_name", "save_every")},
@@ -137,13 +161,14 @@ OPTION_GROUPS = {**{n: "experiment" for n in ("exp_name", "seed", "torch_determi
                                         "obs_num", "cache_mode", "temperature", "detach", "lot_start",
                                         "student_arch", "student_lr", "student_weight_decay",
                                         "student_max_grad_norm", "student_on_ppo_batches")},
-                 **{n: "speed" for n in ("precision", "channels_last")}}
+                 **{n: "speed" for n in ("precision", "channels_last", "threads")}}
 
 
 def validate_args(args: Args) -> None:
     """Every option's domain, checked before anything is built."""
     for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "save_every"):
         require(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require(args.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     require(args.batch_size % args.num_minibatches == 0,
             f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} "
             f"(num_envs x num_steps); choose a divisor of {args.batch_size}")
@@ -169,21 +194,28 @@ def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias_const: float = 
     return layer
 
 
-def nature_cnn() -> nn.Sequential:
+def nature_cnn(channels: int = 4) -> nn.Sequential:
     """The DQN Nature CNN trunk: 4x84x84 uint8 frames (scaled inside the agent) -> 512 features."""
     return nn.Sequential(
-        layer_init(nn.Conv2d(4, 32, 8, stride=4)), nn.ReLU(),
+        layer_init(nn.Conv2d(channels, 32, 8, stride=4)), nn.ReLU(),
         layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
         layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
         nn.Flatten(), layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU())
 
 
-def small_cnn() -> nn.Sequential:
+def small_cnn(channels: int = 4) -> nn.Sequential:
     """A smaller student trunk (the 2013 DQN CNN): about a third of the Nature CNN's compute."""
     return nn.Sequential(
-        layer_init(nn.Conv2d(4, 16, 8, stride=4)), nn.ReLU(),
+        layer_init(nn.Conv2d(channels, 16, 8, stride=4)), nn.ReLU(),
         layer_init(nn.Conv2d(16, 32, 4, stride=2)), nn.ReLU(),
         nn.Flatten(), layer_init(nn.Linear(32 * 9 * 9, 256)), nn.ReLU())
+
+
+def minatar_network(channels: int) -> nn.Sequential:
+    """Young & Tian's MinAtar trunk: Cx10x10 0/1 grids -> one 3x3 convolution of 16 filters, stride 1 -> 128."""
+    return nn.Sequential(
+        layer_init(nn.Conv2d(channels, 16, 3, stride=1)), nn.ReLU(),
+        nn.Flatten(), layer_init(nn.Linear(16 * 8 * 8, 128)), nn.ReLU())
 
 
 def scale_frames(x: torch.Tensor) -> torch.Tensor:
@@ -191,17 +223,44 @@ def scale_frames(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32, copy=True).div_(255.0)  # copy: never scale a float input in place
 
 
-class Agent(nn.Module):
-    """The teacher: a shared Nature CNN with a policy head (logits) and a value head."""
+def grid_to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 0/1 MinAtar grids -> float, unscaled."""
+    return x.to(torch.float32)
 
-    def __init__(self, num_actions: int):
+
+ATARI_FRAMES = (4, 84, 84)  # the observation shape of lot_rl's Atari envs
+
+
+def trunk_for(obs_shape: tuple[int, ...], arch: str = "nature") -> tuple[nn.Sequential, int, Any]:
+    """The network that reads observations of ``obs_shape``: (trunk, its output features, input preprocessing).
+
+    84x84 frames (Atari): the Nature CNN (``small``: the 2013 DQN CNN), inputs scaled by 1/255. 10x10 grids
+    (MinAtar): Young & Tian's network (``small`` is refused), inputs 0/1, not scaled.
+    """
+    channels, *size = obs_shape
+    if size == [84, 84]:
+        trunk, features = (nature_cnn(channels), 512) if arch == "nature" else (small_cnn(channels), 256)
+        return trunk, features, scale_frames
+    if size == [10, 10]:
+        require(arch == "nature", "--student-arch small is for Atari frames; MinAtar students use the "
+                                  "teacher's network (Young & Tian's): use --student-arch nature")
+        return minatar_network(channels), 128, grid_to_float
+    raise LoTUserError(f"no network for observations of shape {tuple(obs_shape)}: lot_rl reads 84x84 Atari "
+                       f"frames and 10x10 MinAtar grids")
+
+
+class Agent(nn.Module):
+    """The teacher: a shared trunk (the Nature CNN, or Young & Tian's network on MinAtar) with a policy head
+    (logits) and a value head."""
+
+    def __init__(self, num_actions: int, obs_shape: tuple[int, ...] = ATARI_FRAMES):
         super().__init__()
-        self.network = nature_cnn()
-        self.actor = layer_init(nn.Linear(512, num_actions), std=0.01)
-        self.critic = layer_init(nn.Linear(512, 1), std=1)
+        self.network, features, self.preprocess = trunk_for(obs_shape)
+        self.actor = layer_init(nn.Linear(features, num_actions), std=0.01)
+        self.critic = layer_init(nn.Linear(features, 1), std=1)
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network(scale_frames(x))
+        return self.network(self.preprocess(x))
 
     def get_value(self, x: torch.Tensor) -> torch.Tensor:
         return self.critic(self.hidden(x))
@@ -222,20 +281,22 @@ class Agent(nn.Module):
 class StudentPolicy(nn.Module):
     """A student: a CNN trunk and a policy head. It has no value head: it only imitates the teacher's policy."""
 
-    def __init__(self, num_actions: int, arch: str = "nature"):
+    def __init__(self, num_actions: int, arch: str = "nature", obs_shape: tuple[int, ...] = ATARI_FRAMES):
         super().__init__()
         require(arch in STUDENT_ARCHS, f"unknown --student-arch {arch!r}; choose one of {', '.join(STUDENT_ARCHS)}")
-        self.network = nature_cnn() if arch == "nature" else small_cnn()
-        self.actor = layer_init(nn.Linear(512 if arch == "nature" else 256, num_actions), std=0.01)
+        self.network, features, self.preprocess = trunk_for(obs_shape, arch)
+        self.actor = layer_init(nn.Linear(features, num_actions), std=0.01)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.actor(self.network(scale_frames(x)))
+        return self.actor(self.network(self.preprocess(x)))
 
 
-def make_students(args: Args, num_actions: int, device: torch.device, lr_lambda) -> Students:
+def make_students(args: Args, num_actions: int, device: torch.device, lr_lambda,
+                  obs_shape: tuple[int, ...] = ATARI_FRAMES) -> Students:
     """K students, each with Adam (weight decay) on the teacher's learning-rate schedule."""
     student_lr = args.student_lr or args.learning_rate
-    networks = [StudentPolicy(num_actions, args.student_arch).to(device) for _ in range(args.num_students)]
+    networks = [StudentPolicy(num_actions, args.student_arch, obs_shape).to(device)
+                for _ in range(args.num_students)]
     if args.channels_last:
         networks = [net.to(memory_format=torch.channels_last) for net in networks]
     return Students(
@@ -370,12 +431,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     keep_freed_memory()
     if checkpoint is not None:
         saved = checkpoint["config"]
-        require(parse_env_id(saved["env_id"]).rom == game.rom,
+        require(parse_env_id(saved["env_id"]).key == game.key,
                 f"checkpoint {checkpoint['path']} is from {saved['env_id']}, not {args.env_id}")
-        run_dir = Path(checkpoint["path"]).parent
-    else:
-        run_name = args.run_name or f"{game.name}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = make_run_dir(args.run_dir, run_name)
 
     # Seeding (CleanRL)
     random.seed(args.seed)
@@ -383,24 +440,31 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
-    envs = make_atari_env(args.env_id, args.num_envs, args.seed, backend=args.env_backend,
-                          repeat_action_probability=args.repeat_action_probability,
-                          full_action_space=args.full_action_space, num_threads=args.env_threads)
+    envs = make_env(args.env_id, args.num_envs, args.seed, backend=args.env_backend,
+                    repeat_action_probability=args.repeat_action_probability,
+                    full_action_space=args.full_action_space, num_threads=args.env_threads)
     num_actions = int(envs.single_action_space.n)
+    obs_shape = envs.single_observation_space.shape  # the networks follow it: Atari frames or MinAtar grids
     if checkpoint is not None:
         require(checkpoint["num_actions"] == num_actions,
                 f"checkpoint {checkpoint['path']} has {checkpoint['num_actions']} actions, this env has "
                 f"{num_actions} (--full-action-space differs?)")
 
-    agent = Agent(num_actions).to(device)
+    agent = Agent(num_actions, obs_shape).to(device)
     if args.channels_last:
         agent = agent.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args))
     autocast = autocast_for(device, args.precision)
     # LoT: the students, their optimizers, and the cache of rollout states they imitate the teacher on
-    students = make_students(args, num_actions, device, lr_factor(args))
+    students = make_students(args, num_actions, device, lr_factor(args), obs_shape)
     cache = ObservationCache(args.obs_num, args.cache_mode)
+    # The run folder exists only once everything above was built (a refused option leaves nothing behind).
+    if checkpoint is not None:
+        run_dir = Path(checkpoint["path"]).parent
+    else:
+        run_name = args.run_name or f"{game.name}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        run_dir = make_run_dir(args.run_dir, run_name)
     lot_start_update = max(1, math.ceil(args.lot_start * args.num_updates))
     students_learn_here = students_learn_on_ppo_batches(args, students)
 
@@ -435,7 +499,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
 
     def write_checkpoint(update: int) -> Path:
         return save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
-            "config": cfg_lib.to_dict(args), "num_actions": num_actions, "update": update,
+            "config": cfg_lib.to_dict(args), "num_actions": num_actions, "observation_shape": list(obs_shape),
+            "update": update,
             "global_step": global_step, "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "students": students.state_dict(),
             "cache": cache.state_dict(), "rng": rng_state(), "env_state": get_env_state(envs),
@@ -449,6 +514,9 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     recent_returns: list[float] = []
     start_time, start_step = time.time(), global_step
     interrupt = GracefulInterrupt()
+    default_threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         for update in range(start_update, args.num_updates + 1):
             # ---------------- rollout
@@ -463,7 +531,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 actions[step] = action
                 logprobs[step] = logprob
                 next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                rewards[step] = torch.as_tensor(np.sign(reward), device=device)  # CleanRL's reward clipping
+                rewards[step] = torch.as_tensor(np.sign(reward) if args.clip_rewards else reward, device=device)
                 next_obs = torch.as_tensor(next_obs_np, device=device)
                 next_done = torch.as_tensor(np.logical_or(terminations, truncations), device=device,
                                             dtype=torch.float32)
@@ -550,6 +618,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                               f"lot-rl train --resume {run_dir}")
                 break
     finally:
+        torch.set_num_threads(default_threads)
         interrupt.restore()
         bar.close()
         logger.close()
@@ -590,11 +659,13 @@ def student_phase(agent: Agent, students: Students, cache: ObservationCache, arg
 
 
 def configure_parser(parser: argparse.ArgumentParser, command: str = "train") -> None:
-    parser.description = ("Train a PPO teacher with LoT students on an Atari game. Without options: LoT with "
-                          "the paper's settings on Breakout.")
+    parser.description = ("Train a PPO teacher with LoT students on an Atari or MinAtar game. Without options: "
+                          "LoT with the paper's settings on Breakout.")
     cfg_lib.add_run_options(parser, Args, PRESETS, group_of=OPTION_GROUPS,
                             preset_help="paper: the LoT reference's settings (the defaults); ppo: CleanRL's PPO, "
-                                        "teacher only")
+                                        "teacher only; minatar-ppo: PureJaxRL's MinAtar PPO, teacher only, on "
+                                        "MinAtar/Breakout-v1; minatar: the same PPO with LoT at the paper's "
+                                        "settings")
 
 
 def run_command(ns: argparse.Namespace, command: str = "train") -> int:

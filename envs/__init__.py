@@ -1,0 +1,88 @@
+"""lot_rl's environments behind one interface: Atari (``envs/atari.py``) and MinAtar (``envs/minatar.py``).
+
+The agent, ``lot-rl eval`` and its videos build envs only through :func:`make_env` and read what they need
+about a game from :func:`parse_env_id`'s :class:`Game`; the two families are told apart here and nowhere else.
+Both give gymnasium 1.x vector envs with uint8 channels-first observations, raw rewards, true episode
+statistics (``info["episode"]``, ``info["_episode"]``) and same-step autoreset.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from gymnasium.vector import VectorEnv
+
+from lot_rl.envs import atari, minatar
+from lot_rl.errors import require
+
+
+class Game(Protocol):
+    """What the rest of lot_rl knows about a game, whatever its family."""
+
+    family: str  # "atari" or "minatar"
+    name: str  # display name, "Breakout"
+    env_id: str
+    default_sticky: float  # the id's sticky-action protocol
+    frames_per_step: int  # episode lengths are in frames: 4 per agent step on Atari, 1 on MinAtar
+    video_fps: int
+    backends: tuple[str, ...]  # the first is the default
+
+    @property
+    def key(self) -> str:
+        """The game itself, whatever the id's spelling: a checkpoint is evaluated and resumed on the same key."""
+
+    def validate_flavour(self, mode: int | None, difficulty: int | None) -> None:
+        """Raise a one-line error for a mode/difficulty the game does not offer."""
+
+    def flavours(self) -> tuple[list[int], list[int]]:
+        """The (modes, difficulties) the game offers."""
+
+    def choose_backend(self, requested: str | None, *, render: bool = False, flavoured: bool = False) -> str:
+        """The backend that can play this game with RGB frames (``render``) or a mode/difficulty."""
+
+
+def is_minatar_id(env_id: str) -> bool:
+    return env_id.strip().startswith("MinAtar/")
+
+
+def parse_env_id(env_id: str) -> Game:
+    """``BreakoutNoFrameskip-v4``, ``ALE/Breakout-v5``, ``MinAtar/Breakout-v1``, ... (one-line error otherwise)."""
+    return minatar.parse_env_id(env_id) if is_minatar_id(env_id) else atari.parse_env_id(env_id)
+
+
+def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = True, backend: str | None = None,
+             repeat_action_probability: float | None = None, full_action_space: bool = False,
+             mode: int | None = None, difficulty: int | None = None, render: bool = False, num_threads: int = 0,
+             max_episode_frames: int | None = None) -> VectorEnv:
+    """The vector env of any lot_rl env id.
+
+    Args:
+        training: Atari: terminate on every life loss (learning); False plays full games. MinAtar games have
+            one life.
+        backend, full_action_space, mode, difficulty, render, num_threads: Atari options (see
+            :func:`lot_rl.envs.atari.make_atari_env`); MinAtar ids reject them unless left at their defaults
+            (``render``: MinAtar frames are always drawn by :func:`render_frame`).
+        max_episode_frames: cut games after this many frames (None: 108,000 on Atari, no limit on MinAtar).
+    """
+    if not is_minatar_id(env_id):
+        return atari.make_atari_env(
+            env_id, num_envs, seed, backend=backend or "ale", episodic_life=training,
+            repeat_action_probability=repeat_action_probability, full_action_space=full_action_space, mode=mode,
+            difficulty=difficulty, render=render, num_threads=num_threads,
+            max_episode_frames=max_episode_frames or atari.MAX_EPISODE_FRAMES)
+    game = minatar.parse_env_id(env_id)
+    game.choose_backend(backend)
+    game.validate_flavour(mode, difficulty)
+    require(not full_action_space, f"--full-action-space is an Atari option; {env_id} has its own action set "
+                                   f"(-v0 ids have all six MinAtar actions)")
+    require(num_threads == 0, f"--env-threads is an Atari option; {env_id} steps its games in one loop")
+    return minatar.make_minatar_env(env_id, num_envs, seed, repeat_action_probability=repeat_action_probability,
+                                    max_episode_frames=max_episode_frames)
+
+
+def render_frame(env: VectorEnv, index: int) -> np.ndarray:
+    """RGB frame (H, W, 3) of sub-env ``index`` of a :func:`make_env` env built with ``render=True``."""
+    if isinstance(env.unwrapped, minatar.MinAtarVectorEnv):
+        return env.unwrapped.render_frame(index)
+    return env.unwrapped.envs[index].render()  # the Atari gymnasium backend's SyncVectorEnv

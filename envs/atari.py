@@ -29,7 +29,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import ale_py
 import gymnasium as gym
@@ -55,9 +55,30 @@ class AtariGame:
     env_id: str
     default_sticky: float  # 0.25 for ALE/...-v5 ids, 0.0 for ...NoFrameskip-v4 / -v4 ids
 
+    # The rest of lot_rl's game interface (lot_rl.envs.Game).
+    family: ClassVar[str] = "atari"
+    frames_per_step: ClassVar[int] = 4  # frame-skip: episode lengths are emulator frames
+    video_fps: ClassVar[int] = 15  # one frame per agent step: 60 Hz emulator / frame-skip 4
+    backends: ClassVar[tuple[str, ...]] = BACKENDS
+
     @property
     def gymnasium_id(self) -> str:
         return f"ALE/{self.name}-v5"
+
+    @property
+    def key(self) -> str:
+        return f"atari:{self.rom}"
+
+    def validate_flavour(self, mode: int | None, difficulty: int | None) -> None:
+        if mode is not None or difficulty is not None:
+            validate_flavour(self, mode, difficulty)
+
+    def flavours(self) -> tuple[list[int], list[int]]:
+        return game_flavours(self.env_id)
+
+    def choose_backend(self, requested: str | None, *, render: bool = False, flavoured: bool = False) -> str:
+        """Flavours and RGB frames exist only on the gymnasium backend; otherwise the native env by default."""
+        return "gymnasium" if render or flavoured else (requested or "ale")
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ from lot_rl.errors import LoTUserError
 
 # verb -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("lot_rl.agents.ppo_lot_atari", "train a PPO teacher with LoT students on an Atari game"),
+    "train": ("lot_rl.agents.ppo_lot_atari", "train a PPO teacher with LoT students on an Atari or MinAtar game"),
     "eval": ("lot_rl.evaluation", "evaluate saved policies on full games"),
     "compare": ("lot_rl.evaluation", "evaluate several runs and compare them side by side"),
     "plot": ("lot_rl.plotting", "plot learning curves from run folders"),

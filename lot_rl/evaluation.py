@@ -1,8 +1,9 @@
-"""Evaluate saved policies on full Atari games: ``lot-rl eval`` and ``lot-rl compare``.
+"""Evaluate saved policies on full Atari or MinAtar games: ``lot-rl eval`` and ``lot-rl compare``.
 
 Evaluation plays *full games*: all lives, unclipped rewards, no reset on life loss, up to 30 no-op starts,
 and the standard cap of 108,000 emulator frames (30 minutes) per game; a game stopped by the cap counts
-with the score it reached (and is marked ``truncated``). Returns are summarised as rliable recommends
+with the score it reached (and is marked ``truncated``). MinAtar games (one life, one frame per step, no
+time limit of their own) are cut at the same number of frames. Returns are summarised as rliable recommends
 (:mod:`lot_rl.stats`): mean, std, median, and the interquartile mean (IQM) with a 95% bootstrap interval.
 
 Games run in parallel (``num_envs``), with batched inference. To count exactly ``episodes`` games without
@@ -39,6 +40,7 @@ from lot_rl import config as cfg_lib
 from lot_rl import stats
 from lot_rl.agents.ppo_lot_atari import CHECKPOINT_KIND
 from lot_rl.checkpoint import load_checkpoint
+from lot_rl.envs import make_env, parse_env_id, render_frame
 from lot_rl.envs.atari import BACKENDS, MAX_EPISODE_FRAMES
 from lot_rl.errors import LoTUserError, require
 from lot_rl.plotting import plot_comparison
@@ -62,7 +64,7 @@ class EvalResult:
 
     policy: str
     returns: list[float]
-    lengths: list[int]  # emulator frames (agent steps x 4), as CleanRL and SB3's Monitor report
+    lengths: list[int]  # frames: on Atari emulator frames (agent steps x 4, as CleanRL and SB3's Monitor report)
     truncated: list[bool]  # stopped by the frame cap rather than by the game ending
     settings: dict[str, Any]
     videos: list[str] = field(default_factory=list)
@@ -196,19 +198,20 @@ def resolve_policies(checkpoint: dict[str, Any], policy: str | Sequence[str]) ->
 
 
 def load_policy(checkpoint: dict[str, Any], name: str, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function from uint8 observations (B, 4, 84, 84) to policy logits, for the named network."""
-    from lot_rl.agents.ppo_lot_atari import Agent, StudentPolicy
+    """A function from uint8 observations (B, C, H, W) to policy logits, for the named network."""
+    from lot_rl.agents.ppo_lot_atari import ATARI_FRAMES, Agent, StudentPolicy
 
     resolve_policies(checkpoint, name)
     num_actions = int(checkpoint["num_actions"])
+    obs_shape = tuple(checkpoint.get("observation_shape", ATARI_FRAMES))  # older checkpoints: Atari only
     # Built on the meta device (no weight initialisation to throw away), then given the saved tensors.
     with torch.device("meta"):
         if name == "teacher":
-            net: torch.nn.Module = Agent(num_actions)
+            net: torch.nn.Module = Agent(num_actions, obs_shape)
             state = checkpoint["agent"]
         else:
             index = int(name.split(":")[1])
-            net = StudentPolicy(num_actions, checkpoint["config"].get("student_arch", "nature"))
+            net = StudentPolicy(num_actions, checkpoint["config"].get("student_arch", "nature"), obs_shape)
             state = checkpoint["students"]["networks"][index]
     try:
         net.load_state_dict(state, assign=True)
@@ -232,11 +235,10 @@ def episode_shares(episodes: int, num_envs: int) -> list[int]:
 class _VideoRecorder:
     """Full-resolution RGB frames of chosen (env, game) pairs to MP4 files, one file per game."""
 
-    def __init__(self, env, folder: Path, wanted: dict[tuple[int, int], str]):
-        self.env, self.folder, self.wanted = env, folder, wanted
+    def __init__(self, env, folder: Path, wanted: dict[tuple[int, int], str], fps: int = VIDEO_FPS):
+        self.env, self.folder, self.wanted, self.fps = env, folder, wanted, fps
         self.writers: dict[int, Any] = {}
         self.paths: list[str] = []
-        self._envs = env.unwrapped.envs  # the gymnasium backend's SyncVectorEnv
 
     def start(self, env_index: int, game_index: int) -> None:
         import cv2
@@ -244,9 +246,9 @@ class _VideoRecorder:
         name = self.wanted.get((env_index, game_index))
         if name is None:
             return
-        frame = self._envs[env_index].render()
+        frame = render_frame(self.env, env_index)
         path = self.folder / name
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), VIDEO_FPS,
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
                                  (frame.shape[1], frame.shape[0]))
         if not writer.isOpened():
             raise LoTUserError(f"--video: cannot write {path} (no MP4 encoder in this OpenCV build?)")
@@ -263,7 +265,7 @@ class _VideoRecorder:
             if finished[i]:
                 self.writers.pop(i).release()
             else:
-                self._write(i, self._envs[i].render())
+                self._write(i, render_frame(self.env, i))
         for i in np.flatnonzero(finished):
             if i not in self.writers:
                 self.start(int(i), int(games_done[i]))  # the env already shows the next game's first frame
@@ -363,49 +365,46 @@ class EvalSettings:
 
 def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict[str, Any]:
     """Validate ``settings`` against the checkpoint and fill in its game, actions and sticky actions."""
-    from lot_rl.envs.atari import parse_env_id, validate_flavour
-
     config = checkpoint.get("config", {})
     trained_id = config.get("env_id")
     require(trained_id is not None, f"checkpoint {checkpoint.get('path')} does not say which game it was trained on")
     env_id = settings.env_id or trained_id
     trained, game = parse_env_id(trained_id), parse_env_id(env_id)
-    require(game.rom == trained.rom, f"--env-id {env_id}: checkpoint {checkpoint.get('path')} was trained on "
+    require(game.key == trained.key, f"--env-id {env_id}: checkpoint {checkpoint.get('path')} was trained on "
                                      f"{trained.name} ({trained_id}), not {game.name}")
     require(settings.episodes >= 1, f"--episodes must be >= 1, got {settings.episodes}")
     require(settings.num_envs >= 1, f"--num-envs must be >= 1, got {settings.num_envs}")
     require(settings.max_frames >= 4, f"--max-frames must be >= 4, got {settings.max_frames}")
-    require(settings.backend in (None, *BACKENDS),
-            f"unknown backend {settings.backend!r}; choose one of {', '.join(BACKENDS)}")
+    game.choose_backend(settings.backend)  # MinAtar: Atari's backends are refused
+    require(settings.backend in (None, *game.backends),
+            f"unknown backend {settings.backend!r}; choose one of {', '.join(game.backends)}")
     sticky = settings.sticky
     if sticky is None:
         sticky = config.get("repeat_action_probability") if settings.env_id is None else None
     if sticky is None:
         sticky = game.default_sticky
     require(0.0 <= sticky < 1.0, f"--sticky must be in [0, 1), got {sticky}")
-    if settings.mode is not None or settings.difficulty is not None:
-        validate_flavour(game, settings.mode, settings.difficulty)
+    game.validate_flavour(settings.mode, settings.difficulty)
     return {"env_id": env_id, "game": game.name, "episodes": settings.episodes, "greedy": settings.greedy,
             "seed": settings.seed, "num_envs": min(settings.num_envs, settings.episodes), "sticky": float(sticky),
             "mode": settings.mode, "difficulty": settings.difficulty, "max_frames": settings.max_frames,
             "full_action_space": bool(config.get("full_action_space", False)), "full_games": True,
+            "frames_per_step": game.frames_per_step,
             "backend": settings.backend, "device": settings.device}
 
 
 def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, Any], video_dir: Path | None,
                   video_episodes: int) -> EvalResult:
-    from lot_rl.envs.atari import make_atari_env
-
     device = resolve_device(resolved["device"])
     logits_fn = load_policy(checkpoint, policy, device)
     record = video_dir is not None and video_episodes > 0
-    # Flavours and RGB frames exist only on the gymnasium backend (make_atari_env switches to it too).
-    needs_gymnasium = record or resolved["mode"] is not None or resolved["difficulty"] is not None
-    backend = "gymnasium" if needs_gymnasium else (resolved["backend"] or "ale")
-    env = make_atari_env(resolved["env_id"], resolved["num_envs"], resolved["seed"], backend=backend,
-                         episodic_life=False, repeat_action_probability=resolved["sticky"],
-                         full_action_space=resolved["full_action_space"], mode=resolved["mode"],
-                         difficulty=resolved["difficulty"], render=record, max_episode_frames=resolved["max_frames"])
+    game = parse_env_id(resolved["env_id"])
+    backend = game.choose_backend(resolved["backend"], render=record,
+                                  flavoured=resolved["mode"] is not None or resolved["difficulty"] is not None)
+    env = make_env(resolved["env_id"], resolved["num_envs"], resolved["seed"], training=False, backend=backend,
+                   repeat_action_probability=resolved["sticky"], full_action_space=resolved["full_action_space"],
+                   mode=resolved["mode"], difficulty=resolved["difficulty"], render=record,
+                   max_episode_frames=resolved["max_frames"])
     try:
         actions = int(env.single_action_space.n)
         require(actions == int(checkpoint["num_actions"]),
@@ -417,7 +416,7 @@ def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, A
             slug = _video_slug(policy, resolved["mode"], resolved["difficulty"])
             order = [(i, j) for i, share in enumerate(shares) for j in range(share)]  # env-major game index
             wanted = {pair: f"{slug}-episode{k:03d}.mp4" for k, pair in enumerate(order[:video_episodes])}
-            recorder = _VideoRecorder(env, video_dir, wanted)
+            recorder = _VideoRecorder(env, video_dir, wanted, fps=game.video_fps)
         returns, lengths, truncated = play_games(
             env, logits_fn, resolved["episodes"], greedy=resolved["greedy"], seed=resolved["seed"], device=device,
             recorder=recorder, desc=f"{policy} {flavour_name(resolved['mode'], resolved['difficulty'])}",
@@ -445,11 +444,9 @@ def evaluate(checkpoint: str | os.PathLike | dict[str, Any], policy: str | Seque
     require(video_episodes >= 0, f"--video-episodes must be >= 0, got {video_episodes}")
     folder = ensure_writable_dir(video_dir, "--video") if video_dir is not None else None
     if flavours:
-        from lot_rl.envs.atari import game_flavours
-
         require(settings.mode is None and settings.difficulty is None,
                 "--flavours all already sweeps every mode and difficulty; drop --mode/--difficulty")
-        modes, difficulties = game_flavours(resolved["env_id"])
+        modes, difficulties = parse_env_id(resolved["env_id"]).flavours()
         grid = [(None, None)] + list(itertools.product(modes, difficulties))
         resolved["backend"] = resolved["backend"] or "gymnasium"
     else:
@@ -538,7 +535,9 @@ def format_report(report: EvalReport) -> str:
     if cut:
         lines.append(f"({cut} game(s) reached the {report.settings['max_frames']:,}-frame cap and count with "
                      f"the score reached)")
-    lines.append("lengths in emulator frames (agent steps x 4)")
+    frames_per_step = report.settings.get("frames_per_step", 4)
+    lines.append(f"lengths in emulator frames (agent steps x {frames_per_step})" if frames_per_step > 1
+                 else "lengths in agent steps (one frame each)")
     return "\n".join(lines)
 
 

@@ -86,7 +86,7 @@ def sb3_sps(env_id: str, updates: int) -> float:
     return 1024 * updates / elapsed
 
 
-class _StudentPhaseTimer:
+class StudentPhaseTimer:
     """Times the agent module's ``student_phase`` during one run (the last call wins)."""
 
     def __enter__(self):
@@ -111,7 +111,7 @@ def lot_update(env_id: str, obs_num: int, root: Path, precision: str) -> dict[st
     """LoT at the paper's settings, our defaults: the update once the cache is full, split in two phases."""
     args = Args(env_id=env_id, total_timesteps=1024 * (obs_num + 1), obs_num=obs_num, student_steps_ratio=5,
                 run_dir=str(root), save_every=10**6, run_name="lot", precision=precision)
-    with _StudentPhaseTimer() as timer:
+    with StudentPhaseTimer() as timer:
         train(args)
     rows = update_rows(root / "lot")
     total = rows[-1]["time"] - rows[-2]["time"]

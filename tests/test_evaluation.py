@@ -8,6 +8,7 @@ relaunches the ball after the first life and plays until the frame cap.
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -37,12 +38,13 @@ def one_torch_thread():
 
 
 def write_checkpoint(folder: Path, teacher_action: int | None = None, student_action: int | None = None,
-                     env_id: str = "BreakoutNoFrameskip-v4", num_actions: int = 4, seed: int = 0) -> Path:
+                     env_id: str = "BreakoutNoFrameskip-v4", num_actions: int = 4, seed: int = 0,
+                     obs_shape: tuple[int, ...] = (4, 84, 84)) -> Path:
     """A checkpoint with the payload `lot-rl train` writes; optionally constant-action policies."""
     torch.manual_seed(seed)
     args = Args(env_id=env_id, num_students=1)
-    agent = Agent(num_actions)
-    students = make_students(args, num_actions, torch.device("cpu"), lambda _: 1.0)
+    agent = Agent(num_actions, obs_shape)
+    students = make_students(args, num_actions, torch.device("cpu"), lambda _: 1.0, obs_shape)
     for net, action in ((agent, teacher_action), (students.networks[0], student_action)):
         if action is not None:
             with torch.no_grad():
@@ -50,7 +52,8 @@ def write_checkpoint(folder: Path, teacher_action: int | None = None, student_ac
                 net.actor.bias.zero_()
                 net.actor.bias[action] = 5.0
     return save_checkpoint(folder / "checkpoint.pt", CHECKPOINT_KIND, {
-        "config": cfg_lib.to_dict(args), "num_actions": num_actions, "update": 7, "global_step": 7168,
+        "config": cfg_lib.to_dict(args), "num_actions": num_actions, "observation_shape": list(obs_shape),
+        "update": 7, "global_step": 7168,
         "agent": agent.state_dict(), "students": students.state_dict()})
 
 
@@ -272,6 +275,7 @@ def bad_files(tmp_path_factory):
     (root / "corrupt" / "checkpoint.pt").write_bytes(b"not a checkpoint")
     write_checkpoint(root / "pong", env_id="PongNoFrameskip-v4", num_actions=6)
     write_checkpoint(root / "actions", num_actions=6)  # claims Breakout, but 6 actions
+    write_checkpoint(root / "minatar", env_id="MinAtar/Breakout-v1", num_actions=3, obs_shape=(4, 10, 10))
     (root / "a_file").write_text("")
     (root / "other.json").write_text('{"some": "thing"}')
     (root / "broken.json").write_text('{"format": ')
@@ -294,12 +298,27 @@ def bad_files(tmp_path_factory):
     (["compare", "{run}"], "at least two runs"),
     (["compare", "{run}", "{root}/other.json"], "is not a lot-rl eval --json file"),
     (["compare", "{run}", "{root}/broken.json"], "is not valid JSON"),
+    # Atari-only options on a MinAtar run
+    (["eval", "{root}/minatar", "--mode", "1"], "--mode/--difficulty are Atari options"),
+    (["eval", "{root}/minatar", "--difficulty", "0"], "--mode/--difficulty are Atari options"),
+    (["eval", "{root}/minatar", "--flavours", "all"], "--flavours all is an Atari option"),
+    (["eval", "{root}/minatar", "--backend", "gymnasium"], "env backend 'gymnasium' is an Atari option"),
+    (["eval", "{root}/minatar", "--env-id", "BreakoutNoFrameskip-v4"], "trained on MinAtar-Breakout"),
+    (["compare", "{root}/minatar", "{run}"], "game is 'MinAtar-Breakout' in one and 'Breakout'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, bad_files, random_run, capsys):
     argv = [a.format(root=bad_files, run=random_run) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_minatar_run_without_minatar_says_how_to_install_it(bad_files, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "minatar", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "minatar.gym", None)
+    assert main(["eval", str(bad_files / "minatar")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith('pip install -e ".[minatar]"')
 
 
 def test_greedy_and_sample_exclude_each_other(random_run):

@@ -1,13 +1,17 @@
 """The single-file agent: CleanRL's PPO loss, GAE, the LoT terms in the update, `lot-rl train`, resume."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from lot_rl import config as cfg_lib
 from lot_rl.agents import ppo_lot_atari as lot
 from lot_rl.checkpoint import load_checkpoint, save_checkpoint
 from lot_rl.cli import main
+from lot_rl.errors import LoTUserError
 from lot_rl.regularizer import kl
 
 
@@ -230,3 +234,103 @@ def test_bad_checkpoints_exit_2_and_stay_untouched(tiny_args, tmp_path, capsys):
     save_checkpoint(broken / "other.pt", "cv", {"config": {}})
     assert main(["train", "--resume", str(broken / "other.pt")]) == 2
     assert "is a 'cv' checkpoint" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# MinAtar: the network follows the observation shape; the presets; a short run
+
+
+def _orthogonal_rows(weight, std):
+    flat = weight.reshape(weight.shape[0], -1)
+    return torch.allclose(flat @ flat.T, std ** 2 * torch.eye(flat.shape[0]), atol=1e-5)
+
+
+def test_network_follows_the_observation_shape():
+    atari = lot.Agent(4)
+    assert atari.network[0].kernel_size == (8, 8) and atari.actor.in_features == 512
+    frames = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    torch.testing.assert_close(atari.hidden(frames), atari.network(frames.float() / 255.0))  # scaled
+
+    torch.manual_seed(0)
+    agent = lot.Agent(5, (7, 10, 10))  # Young & Tian's network for 10x10 MinAtar grids
+    conv, linear = agent.network[0], agent.network[3]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride) == (7, 16, (3, 3), (1, 1))
+    assert (linear.in_features, linear.out_features) == (16 * 8 * 8, 128)
+    assert (agent.actor.in_features, agent.actor.out_features, agent.critic.out_features) == (128, 5, 1)
+    # CleanRL's orthogonal initialisation: sqrt(2) in the trunk, 0.01 for the policy, 1 for the value
+    assert _orthogonal_rows(linear.weight, 2 ** 0.5) and _orthogonal_rows(agent.actor.weight, 0.01)
+    assert torch.allclose(agent.critic.weight.norm(), torch.tensor(1.0)) and not linear.bias.any()
+    grids = torch.randint(0, 2, (6, 7, 10, 10), dtype=torch.uint8)
+    torch.testing.assert_close(agent.hidden(grids), agent.network(grids.float()))  # 0/1 inputs, no /255
+    action, logprob, entropy, value, logits = agent.get_action_and_value(grids)
+    assert logits.shape == (6, 5) and value.shape == (6, 1) and action.shape == logprob.shape == (6,)
+
+    student = lot.StudentPolicy(5, "nature", (7, 10, 10))
+    assert student.network[0].out_channels == 16 and student(grids).shape == (6, 5)
+    with pytest.raises(LoTUserError, match="--student-arch small is for Atari frames"):
+        lot.StudentPolicy(5, "small", (7, 10, 10))
+    with pytest.raises(LoTUserError, match=r"no network for observations of shape \(3, 64, 64\)"):
+        lot.Agent(5, (3, 64, 64))
+
+
+def test_minatar_presets_are_one_ppo_with_and_without_lot():
+    ppo, lot_preset = lot.PRESETS["minatar-ppo"], lot.PRESETS["minatar"]
+    differing = {k for k in ppo.keys() | lot_preset.keys() if ppo.get(k) != lot_preset.get(k)}
+    assert differing <= {"alpha", "num_students", "student_steps_ratio", "obs_num", "temperature",
+                         "student_weight_decay"}
+    assert (ppo["alpha"], ppo["num_students"]) == (0.0, 0)
+    assert {k: lot_preset[k] for k in ("alpha", "student_steps_ratio", "obs_num", "temperature",
+                                       "student_weight_decay")} == dict(alpha=0.5, student_steps_ratio=5, obs_num=10,
+                                                                        temperature=1.0, student_weight_decay=1e-4)
+    args = cfg_lib.resolve(lot.Args, {}, lot.PRESETS, "minatar-ppo")
+    # PureJaxRL's MinAtar PPO: 64 envs x 128 steps, 4 epochs x 8 minibatches, clip 0.2, lr 5e-3 annealed linearly
+    assert (args.num_envs, args.num_steps, args.update_epochs, args.minibatch_size) == (64, 128, 4, 1024)
+    assert args.learning_rate == 5e-3 and args.lr_schedule == "linear" and args.clip_coef == 0.2
+    assert not args.clip_rewards and args.gamma == 0.99 and args.ent_coef == 0.01
+    lot.validate_args(args)
+
+
+def test_minatar_train_eval_video_end_to_end(tmp_path, capsys):
+    """A short MinAtar LoT run, then `lot-rl eval --video` on it: networks, uint8 cache, checkpoint, videos."""
+    import cv2
+
+    threads = torch.get_num_threads()
+    args = cfg_lib.resolve(lot.Args, dict(total_timesteps=256, num_envs=4, num_steps=32, num_minibatches=2,
+                                          update_epochs=1, obs_num=2, student_steps_ratio=1, save_every=1,
+                                          run_dir=str(tmp_path), run_name="minatar"), lot.PRESETS, "minatar")
+    run_dir = lot.train(args)
+    assert torch.get_num_threads() == threads  # --threads 1 of the preset is undone
+    ckpt = load_checkpoint(run_dir, kind=lot.CHECKPOINT_KIND)
+    assert ckpt["observation_shape"] == [4, 10, 10] and ckpt["num_actions"] == 3 and ckpt["global_step"] == 256
+    assert [(e.shape, e.dtype) for e in ckpt["cache"]["entries"]] == [((128, 4, 10, 10), torch.uint8)] * 2
+    agent = lot.Agent(3, (4, 10, 10))
+    agent.load_state_dict(ckpt["agent"])
+    returns = [row["charts/episodic_return"] for row in map(json.loads, (run_dir / "metrics.jsonl").open())
+               if "charts/episodic_return" in row]
+    assert returns and all(r == int(r) >= 0 for r in returns)  # Breakout: one point per brick
+
+    assert main(["eval", str(run_dir), "--policy", "all", "--episodes", "3", "--num-envs", "2", "--json",
+                 str(tmp_path / "eval.json"), "--video", str(tmp_path / "videos"), "--video-episodes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "MinAtar-Breakout (MinAtar/Breakout-v1)" in out and "sticky 0.1" in out and "lengths in agent steps" in out
+    report = json.loads((tmp_path / "eval.json").read_text())
+    teacher = report["results"][0]
+    assert [r["policy"] for r in report["results"]] == ["teacher", "student:0"] and len(teacher["episodes"]) == 3
+    for path, episode in zip(teacher["videos"], teacher["episodes"]):  # one frame per step, 320x320 pixels
+        video = cv2.VideoCapture(path)
+        size = (video.get(cv2.CAP_PROP_FRAME_WIDTH), video.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        assert size == (320, 320) and video.get(cv2.CAP_PROP_FRAME_COUNT) == episode["length"]
+        video.release()
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 4  # 2 per policy
+
+
+def test_minatar_run_resumes_and_stays_on_its_game(tmp_path, capsys):
+    args = cfg_lib.resolve(lot.Args, dict(total_timesteps=256, num_envs=4, num_steps=32, run_dir=str(tmp_path),
+                                          run_name="minatar"), lot.PRESETS, "minatar-ppo")
+    run_dir = lot.train(args, max_updates=1)  # stops with a checkpoint, as Ctrl-C does
+    assert load_checkpoint(run_dir)["update"] == 1
+    assert main(["train", "--resume", str(run_dir)]) == 0  # new games, everything else restored
+    ckpt = load_checkpoint(run_dir)
+    assert (ckpt["update"], ckpt["global_step"], ckpt["config"]["env_id"]) == (2, 256, "MinAtar/Breakout-v1")
+    assert main(["train", "--resume", str(run_dir), "--env-id", "BreakoutNoFrameskip-v4"]) == 2
+    assert "is from MinAtar/Breakout-v1, not BreakoutNoFrameskip-v4" in capsys.readouterr().err
