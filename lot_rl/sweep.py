@@ -181,7 +181,7 @@ def resolve_variant(name: str, common: dict[str, Any], options: dict[str, Any], 
 
 def read_grid(path: str | os.PathLike, set_options: Sequence[str] = ()) -> Grid:
     """Read and check a grid file; ``set_options`` (``KEY=VALUE``) override every variant's train options."""
-    from lot_rl.envs.atari import parse_env_id
+    from lot_rl.envs import parse_env_id
 
     data = cfg_lib.read_config_file(path)
     source = f"grid file {path}"

@@ -119,6 +119,30 @@ def test_the_example_smoke_grid_resolves():
     assert grid.variants["ppo"]["num_students"] == 0 and grid.variants["ppo"]["total_timesteps"] == 4096
 
 
+@pytest.mark.parametrize("name", ["minatar.yaml", "minatar-results.yaml"])
+def test_the_minatar_grids_resolve_with_the_minatar_presets(name):
+    grid = read_grid(Path(__file__).resolve().parents[1] / "scripts" / "grids" / name)
+    assert len(grid.env_ids) == 5 and all(env_id.startswith("MinAtar/") for env_id in grid.env_ids)
+    ppo, lot = grid.variants["ppo"], grid.variants["lot"]
+    assert ppo["num_students"] == 0 and ppo["alpha"] == 0 and ppo["num_envs"] == 64
+    assert (lot["alpha"], lot["student_steps_ratio"], lot["obs_num"]) == (0.5, 5, 10)
+    assert grid.variants["lot-ref"]["cache_mode"] == "reference"
+    # LoT differs from PPO in its LoT options only
+    lot_options = {"alpha", "num_students", "student_steps_ratio", "obs_num", "temperature", "student_weight_decay"}
+    assert {k for k in ppo if ppo[k] != lot[k]} <= lot_options
+
+
+def test_a_minatar_grid_without_the_minatar_package_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "minatar", None)  # as if not installed: importing it fails
+    monkeypatch.setitem(sys.modules, "minatar.gym", None)
+    monkeypatch.delitem(__import__("gymnasium").registry, "MinAtar/Breakout-v1", raising=False)
+    path = write_grid(tmp_path, "env_ids: [MinAtar/Breakout-v1]\nseeds: [1]\nvariants: {ppo: {preset: minatar-ppo}}\n")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'pip install -e ".[minatar]"' in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_learning_curve_is_the_final_score_protocol_at_each_point():
     steps, scores = learning_curve([10, 20, 30, 40], [1.0, 2.0, 3.0, 4.0], total_steps=40, points=4, window=2)
     assert steps == [10, 20, 30, 40] and scores == [1.0, 1.5, 2.5, 3.5]
