@@ -49,6 +49,7 @@ import yaml
 
 from lot_rl import config as cfg_lib
 from lot_rl.checkpoint import CHECKPOINT_NAME
+from lot_rl.envs import parse_env_id
 from lot_rl.errors import LoTUserError, require
 from lot_rl.results import ATTEMPTS_NAME, RESULTS_DIR, build_result, evaluate_run, read_result, write_result
 from lot_rl.runlog import METRICS_NAME, ensure_writable_dir
@@ -89,8 +90,8 @@ class RunSpec:
         """The options ``train`` gets: the variant's, plus where the run lives and its game and seed."""
         options = {**self.options, "env_id": self.env_id, "seed": self.seed, "exp_name": self.variant,
                    "run_dir": str(Path(out) / RUNS_DIR), "run_name": self.name}
-        if not options.get("env_threads"):
-            options["env_threads"] = threads  # the native env's threads share the run's cores too
+        if not options.get("env_threads") and parse_env_id(self.env_id).family == "atari":
+            options["env_threads"] = threads  # the native Atari env's threads share the run's cores too
         return options
 
 
@@ -181,8 +182,6 @@ def resolve_variant(name: str, common: dict[str, Any], options: dict[str, Any], 
 
 def read_grid(path: str | os.PathLike, set_options: Sequence[str] = ()) -> Grid:
     """Read and check a grid file; ``set_options`` (``KEY=VALUE``) override every variant's train options."""
-    from lot_rl.envs import parse_env_id
-
     data = cfg_lib.read_config_file(path)
     source = f"grid file {path}"
     for key in data:

@@ -132,6 +132,19 @@ def test_the_minatar_grids_resolve_with_the_minatar_presets(name):
     assert {k for k in ppo if ppo[k] != lot[k]} <= lot_options
 
 
+def test_a_minatar_sweep_trains_and_writes_its_result(tmp_path, capsys):
+    options = {**TINY, "total_timesteps": 64}
+    del options["env_threads"]  # an Atari option: the sweep leaves it out for MinAtar runs
+    path = write_grid(tmp_path, f"env_ids: [MinAtar/Breakout-v1]\nseeds: [3]\ncommon: {json.dumps(options)}\n"
+                                f"variants: {{lot: {{preset: minatar}}}}\n")
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--workers", "1", "--set", "num_envs=2",
+                 "num_minibatches=1", "num_steps=16"]) == 0
+    result = json.loads((out / "results" / "MinAtar-Breakout-v1__lot__3.json").read_text())
+    assert result["env_id"] == "MinAtar/Breakout-v1" and result["seed"] == 3 and result["total_steps"] == 64
+    assert result["config"]["env_threads"] == 0 and result["config"]["alpha"] == 0.5
+
+
 def test_a_minatar_grid_without_the_minatar_package_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "minatar", None)  # as if not installed: importing it fails
     monkeypatch.setitem(sys.modules, "minatar.gym", None)
