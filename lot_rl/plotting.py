@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import textwrap
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -429,6 +430,7 @@ def plot_game_curves(report: dict[str, Any], out: str | os.PathLike) -> Path:
             ax.text(0.5, 0.5, "no run finished an episode", ha="center", va="center", transform=ax.transAxes)
     for ax in axes[len(env_ids):]:
         ax.set_visible(False)
-    figure.suptitle(f"mean over seeds; {report['score']['protocol'].split(' (')[0]}; "
-                    f"{_interval_note(report).replace('stratified ', '')}", fontsize=9)
+    title = (f"mean over seeds; {report['score']['protocol'].split(' (')[0]}; "
+             f"{_interval_note(report).replace('stratified ', '')}")
+    figure.suptitle(textwrap.fill(title, width=int(13 * 4.6 * columns)), fontsize=9)  # ~13 characters per inch
     return _save(figure, out, "--out")
