@@ -299,7 +299,8 @@ def test_minatar_train_eval_video_end_to_end(tmp_path, capsys):
                                           update_epochs=1, obs_num=2, student_steps_ratio=1, save_every=1,
                                           run_dir=str(tmp_path), run_name="minatar"), lot.PRESETS, "minatar")
     run_dir = lot.train(args)
-    assert torch.get_num_threads() == threads  # --threads 1 of the preset is undone
+    assert torch.get_num_threads() == threads  # --threads 1 of the preset is undone...
+    assert (torch.tensor([1e-39]) * 1.0).item() > 0  # ...and so is --flush-denormals
     ckpt = load_checkpoint(run_dir, kind=lot.CHECKPOINT_KIND)
     assert ckpt["observation_shape"] == [4, 10, 10] and ckpt["num_actions"] == 3 and ckpt["global_step"] == 256
     assert [(e.shape, e.dtype) for e in ckpt["cache"]["entries"]] == [((128, 4, 10, 10), torch.uint8)] * 2

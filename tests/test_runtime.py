@@ -52,3 +52,16 @@ def test_keep_freed_memory_can_be_turned_off(monkeypatch):
     monkeypatch.delenv("LOT_RL_KEEP_FREED_MEMORY")
     expected = sys.platform.startswith("linux")  # glibc accepts both settings
     assert runtime.keep_freed_memory() is expected
+
+
+def test_flush_denormals_zeroes_them_and_is_undone():
+    tiny = torch.tensor([1e-39, 3e-39, 1.0])  # the first two are fp32 denormals
+    assert (tiny * 1.0)[0] > 0
+    restore = runtime.flush_denormals(True)
+    try:
+        assert (tiny * 1.0).tolist() == [0.0, 0.0, 1.0]  # flushed where the CPU supports it (x86)
+    finally:
+        restore()
+    assert (tiny * 1.0)[0] > 0  # the default is back
+    runtime.flush_denormals(False)()  # off: nothing to undo
+    assert (tiny * 1.0)[0] > 0
