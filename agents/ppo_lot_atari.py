@@ -113,9 +113,9 @@ class Args:
                                          "1.45x faster training steps than NCHW); --no-channels-last for NCHW")
     threads: int = cfg_lib.option(0, "torch CPU threads (0: torch's default); the MinAtar presets use 1, as "
                                   "intra-op threads only slow their small networks down")
-    flush_denormals: bool = cfg_lib.option(False, "CPU: flush denormal floats to zero; the MinAtar presets turn it "
-                                           "on, as their students' weight-decayed weights sink into the denormal "
-                                           "range, where every step is 20x slower")
+    flush_denormals: bool = cfg_lib.option(False, "CPU: flush denormal floats to zero (fully with --threads 1); the "
+                                           "MinAtar presets turn it on, as their students' weight-decayed weights "
+                                           "sink into the denormal range, where every step is 20x slower")
 
     @property
     def batch_size(self) -> int:

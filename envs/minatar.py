@@ -17,8 +17,8 @@ here.
   ``info["_episode"]`` marking the envs whose game ended on this step;
 - same-step autoreset: the observation returned with a finished game is the first one of the next.
 
-The envs are stepped in a plain loop: a MinAtar step is 5-30 microseconds of Python, so 64 envs step in about
-a millisecond, well below the network's share of a training step (measured: ``scripts/benchmark_minatar.py``).
+The envs are stepped in a plain loop: a MinAtar step is 5-50 microseconds of Python, so 64 envs step in 0.5-3 ms,
+well below the network's share of a training step (measured: ``scripts/benchmark_minatar.py``).
 """
 
 from __future__ import annotations
