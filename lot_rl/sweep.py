@@ -347,8 +347,8 @@ def execute_run(spec: RunSpec, out: str | os.PathLike, threads: int = 1, eval_ep
         if eval_episodes and not _has_evaluation(result, eval_episodes):
             result["evaluation"] = evaluate_run(run_dir, eval_episodes, seed=spec.seed,
                                                 device=spec.options.get("device", "auto"))
-            add_to_summary(cfg_lib.from_dict(TrackingOptions, spec.options), run_dir,
-                           {f"eval/{k}": v for k, v in result["evaluation"].items() if k not in ("protocol", "returns")})
+            summary = {f"eval/{k}": v for k, v in result["evaluation"].items() if k not in ("protocol", "returns")}
+            add_to_summary(cfg_lib.from_dict(TrackingOptions, spec.options), run_dir, summary)
         write_result(path, result)
     return result
 

@@ -118,9 +118,14 @@ def start_tracking(options: TrackingOptions, run_dir: str | os.PathLike, config:
         return None
     wandb = import_wandb()
     run_dir = Path(run_dir)
-    run = wandb.init(project=options.wandb_project, entity=options.wandb_entity, group=options.wandb_group,
-                     tags=list(options.wandb_tags) or None, name=run_dir.name, id=read_run_id(run_dir),
-                     resume="allow", config=config, mode=options.wandb_mode, allow_val_change=True)
+    try:
+        run = wandb.init(project=options.wandb_project, entity=options.wandb_entity, group=options.wandb_group,
+                         tags=list(options.wandb_tags) or None, name=run_dir.name, id=read_run_id(run_dir),
+                         resume="allow", config=config, mode=options.wandb_mode, allow_val_change=True)
+    except wandb.errors.Error as exc:  # not logged in, no network, a bad entity...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise LoTUserError(f"--track: W&B could not start the run: {reason} (log in once with `wandb login`, or "
+                           f"log without a network with --wandb-mode offline)") from None
     record = {"id": run.id, "project": options.wandb_project, "entity": options.wandb_entity,
               "url": getattr(run, "url", None)}
     (run_dir / RUN_ID_NAME).write_text(json.dumps(record, indent=1) + "\n")

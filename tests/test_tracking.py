@@ -35,7 +35,8 @@ def minatar_args(tmp_path, **overrides) -> lot.Args:
 
 def logged_points(rows: list[dict]) -> list[tuple]:
     """(step, tag, value) of every scalar in metrics.jsonl rows."""
-    return sorted((row["step"], tag, value) for row in rows for tag, value in row.items() if tag not in ("step", "time"))
+    return sorted((row["step"], tag, value) for row in rows for tag, value in row.items()
+                  if tag not in ("step", "time"))
 
 
 def wandb_points(history: list[dict], step_metric: str = "global_step") -> list[tuple]:
@@ -181,3 +182,17 @@ def test_track_without_wandb_is_one_line_and_exit_2_before_any_folder(tmp_path, 
     assert len(err.splitlines()) == 1 and "--track needs the wandb package" in err
     assert 'pip install -e ".[track]"' in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_wandb_refusing_the_run_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    import wandb
+
+    def not_logged_in(**kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", not_logged_in)
+    assert main(["train", "--env-id", "MinAtar/Breakout-v1", "--num-envs", "1", "--track", "--run-dir",
+                 str(tmp_path / "runs"), "--run-name", "run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "W&B could not start the run: No API key configured" in err
+    assert "--wandb-mode offline" in err and not (tmp_path / "runs" / "run" / "checkpoint.pt").exists()
