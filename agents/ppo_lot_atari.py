@@ -525,7 +525,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                        purge_step=global_step + 1 if checkpoint is not None else None,
                        tracker=start_tracking(args, run_dir, cfg_lib.to_dict(args)))
     # --capture-video: env 0's games on a schedule, each to videos/ as it ends, then to TensorBoard and W&B
-    videos, video_games = None, checkpoint.get("video_games", 0) if checkpoint is not None else 0
+    video_games = checkpoint.get("video_games", 0) if checkpoint is not None else 0  # env 0's games before
+    videos = None
     if args.capture_video:
         videos = EpisodeRecorder(run_dir / "videos", game.video_fps, training_schedule(args.video_every),
                                  games_done=video_games,
