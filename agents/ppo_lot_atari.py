@@ -9,6 +9,7 @@ happen and the regularizer says *what* they are. With ``--alpha 0 --num-students
     lot-rl train --preset ppo                      # CleanRL's PPO (teacher only)
     lot-rl train --preset paper --alpha 0 --num-students 0   # the paper's teacher-only baseline
     lot-rl train --resume runs/<run-name>          # continue a run from its checkpoint
+    lot-rl train --track --capture-video           # to Weights & Biases, with videos of env 0's games
 """
 
 from __future__ import annotations
@@ -30,20 +31,22 @@ from torch.distributions.categorical import Categorical
 from lot_rl import config as cfg_lib
 from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint,
                                set_rng_state)
-from lot_rl.envs import make_env, parse_env_id
+from lot_rl.envs import make_env, parse_env_id, video_frame
 from lot_rl.envs.atari import BACKENDS, get_env_state, set_env_state, supports_state
 from lot_rl.errors import LoTUserError, require
 from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
                                 validate_student_weights)
-from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
+from lot_rl.runlog import GracefulInterrupt, RunLogger, final_score, make_run_dir, progress_bar, read_metrics
 from lot_rl.runtime import autocast_for, flush_denormals, keep_freed_memory, resolve_device
+from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, start_tracking, validate_tracking
+from lot_rl.video import EpisodeRecorder, training_schedule
 
 CHECKPOINT_KIND = "atari-ppo-lot"
 STUDENT_ARCHS = ("nature", "small")
 
 
 @dataclass
-class Args:
+class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) come first
     # --- experiment
     exp_name: str = cfg_lib.option("ppo_lot", "name of the experiment (part of the run name)")
     seed: int = cfg_lib.option(1, "seed of the experiment")
@@ -52,6 +55,10 @@ class Args:
     run_dir: str = cfg_lib.option("runs", "folder under which the run folder is created")
     run_name: str | None = cfg_lib.option(None, "run folder name (default: <env>__<exp>__<seed>__<time>)")
     save_every: int = cfg_lib.option(50, "write a checkpoint every N updates (and always at the end)")
+    capture_video: bool = cfg_lib.option(False, "record games of env 0 as MP4 in <run>/videos/, shown in "
+                                         "TensorBoard and W&B (native Atari backend: the 84x84 frames it sees)")
+    video_every: int = cfg_lib.option(0, "with --capture-video: every N-th game of env 0 (0: CleanRL's schedule, "
+                                      "games 0, 1, 8, 27, ..., 729, then every 1000th)")
     # --- environment
     env_id: str = cfg_lib.option("BreakoutNoFrameskip-v4", "Atari id (BreakoutNoFrameskip-v4 or ALE/Breakout-v5) "
                                  "or MinAtar id (MinAtar/Breakout-v1; pip install -e \".[minatar]\")")
@@ -158,7 +165,8 @@ PRESETS.update({
 })
 
 OPTION_GROUPS = {**{n: "experiment" for n in ("exp_name", "seed", "torch_deterministic", "device", "run_dir",
-                                               "run_name", "save_every")},
+                                               "run_name", "save_every", "capture_video", "video_every",
+                                               *TRACKING_FIELDS)},
                  **{n: "environment" for n in ("env_id", "env_backend", "num_envs", "repeat_action_probability",
                                                 "full_action_space", "env_threads")},
                  **{n: "LoT" for n in ("alpha", "num_students", "student_weights", "student_steps_ratio",
@@ -173,6 +181,7 @@ def validate_args(args: Args) -> None:
     for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "save_every"):
         require(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     require(args.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {args.threads}")
+    require(args.video_every >= 0, f"--video-every must be >= 0 (0: CleanRL's schedule), got {args.video_every}")
     require(args.batch_size % args.num_minibatches == 0,
             f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} "
             f"(num_envs x num_steps); choose a divisor of {args.batch_size}")
@@ -185,6 +194,7 @@ def validate_args(args: Args) -> None:
     validate_lot_options(args.alpha, args.num_students, args.temperature, args.student_steps_ratio)
     validate_student_weights(args.student_weights, args.num_students)
     validate_cache_options(args.obs_num, args.cache_mode)
+    validate_tracking(args)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -446,7 +456,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
 
     envs = make_env(args.env_id, args.num_envs, args.seed, backend=args.env_backend,
                     repeat_action_probability=args.repeat_action_probability,
-                    full_action_space=args.full_action_space, num_threads=args.env_threads)
+                    full_action_space=args.full_action_space, num_threads=args.env_threads,
+                    video_frames=args.capture_video)
     num_actions = int(envs.single_action_space.n)
     obs_shape = envs.single_observation_space.shape  # the networks follow it: Atari frames or MinAtar grids
     if checkpoint is not None:
@@ -508,12 +519,24 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             "global_step": global_step, "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "students": students.state_dict(),
             "cache": cache.state_dict(), "rng": rng_state(), "env_state": get_env_state(envs),
-            "next_obs": next_obs.cpu(), "next_done": next_done.cpu()})
+            "next_obs": next_obs.cpu(), "next_done": next_done.cpu(),
+            "video_games": videos.games_done if videos is not None else video_games})
 
     cfg_lib.save_config(args, run_dir / "config.yaml")
     # A resumed run drops what was logged after its checkpoint (the rows at the checkpoint's step stay).
+    # With --track every scalar also goes to W&B (a resumed run continues its W&B run).
     logger = RunLogger(run_dir, hparams=cfg_lib.to_dict(args),
-                       purge_step=global_step + 1 if checkpoint is not None else None)
+                       purge_step=global_step + 1 if checkpoint is not None else None,
+                       tracker=start_tracking(args, run_dir, cfg_lib.to_dict(args)))
+    # --capture-video: env 0's games on a schedule, each to videos/ as it ends, then to TensorBoard and W&B
+    video_games = checkpoint.get("video_games", 0) if checkpoint is not None else 0  # env 0's games before
+    videos = None
+    if args.capture_video:
+        videos = EpisodeRecorder(run_dir / "videos", game.video_fps, training_schedule(args.video_every),
+                                 games_done=video_games,
+                                 on_saved=lambda path, _: logger.log_video("videos/env0", path, global_step))
+        if checkpoint is None or not supports_state(envs):  # fresh games (a restored game is not recorded)
+            videos.start_game(lambda: video_frame(envs, 0, next_obs_np[0]))
     bar = progress_bar(args.num_updates * args.batch_size, initial=global_step, desc=game.name)
     recent_returns: list[float] = []
     start_time, start_step = time.time(), global_step
@@ -545,6 +568,9 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                         ret, length = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
                         recent_returns = (recent_returns + [ret])[-20:]
                         logger.log(global_step, {"charts/episodic_return": ret, "charts/episodic_length": length})
+                if videos is not None:
+                    videos.step(lambda: video_frame(envs, 0, next_obs_np[0]),
+                                game_over="_episode" in infos and bool(infos["_episode"][0]))
 
             # ---------------- GAE
             with torch.inference_mode(), autocast():
@@ -617,6 +643,9 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             stop = interrupt.requested or (max_updates is not None and update - start_update + 1 >= max_updates)
             if update % args.save_every == 0 or update == args.num_updates or stop:
                 write_checkpoint(update)
+            if update == args.num_updates:
+                score, episodes = final_score(read_metrics(run_dir))  # W&B's summary of the finished run
+                logger.summary({"final/episodic_return": score, "final/episodes": episodes})
             if stop:
                 if interrupt.requested:
                     bar.write(f"interrupted after update {update}: saved; continue with "
@@ -627,6 +656,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         torch.set_num_threads(default_threads)
         interrupt.restore()
         bar.close()
+        if videos is not None:
+            videos.close()  # the game being recorded, as far as it went
         logger.close()
         envs.close()
     if interrupt.requested:

@@ -54,7 +54,7 @@ def parse_env_id(env_id: str) -> Game:
 def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = True, backend: str | None = None,
              repeat_action_probability: float | None = None, full_action_space: bool = False,
              mode: int | None = None, difficulty: int | None = None, render: bool = False, num_threads: int = 0,
-             max_episode_frames: int | None = None) -> VectorEnv:
+             max_episode_frames: int | None = None, video_frames: bool = False) -> VectorEnv:
     """The vector env of any lot_rl env id.
 
     Args:
@@ -64,12 +64,16 @@ def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = 
             :func:`lot_rl.envs.atari.make_atari_env`); MinAtar ids reject them unless left at their defaults
             (``render``: MinAtar frames are always drawn by :func:`render_frame`).
         max_episode_frames: cut games after this many frames (None: 108,000 on Atari, no limit on MinAtar).
+        video_frames: keep the games' pictures for :func:`video_frame` without changing the backend (``render``
+            moves Atari to the gymnasium backend): the gymnasium backend then keeps its RGB screens; the native
+            Atari backend has none, and MinAtar always draws its own.
     """
     if not is_minatar_id(env_id):
+        backend = backend or "ale"
         return atari.make_atari_env(
-            env_id, num_envs, seed, backend=backend or "ale", episodic_life=training,
+            env_id, num_envs, seed, backend=backend, episodic_life=training,
             repeat_action_probability=repeat_action_probability, full_action_space=full_action_space, mode=mode,
-            difficulty=difficulty, render=render, num_threads=num_threads,
+            difficulty=difficulty, render=render or (video_frames and backend == "gymnasium"), num_threads=num_threads,
             max_episode_frames=max_episode_frames or atari.MAX_EPISODE_FRAMES)
     game = minatar.parse_env_id(env_id)
     game.choose_backend(backend)
@@ -86,3 +90,13 @@ def render_frame(env: VectorEnv, index: int) -> np.ndarray:
     if isinstance(env.unwrapped, minatar.MinAtarVectorEnv):
         return env.unwrapped.render_frame(index)
     return env.unwrapped.envs[index].render()  # the Atari gymnasium backend's SyncVectorEnv
+
+
+def video_frame(env: VectorEnv, index: int, observation: np.ndarray) -> np.ndarray:
+    """A picture of sub-env ``index`` for a video, given its current ``observation``: the game's RGB screen where the
+    env keeps one (MinAtar; the Atari gymnasium backend built with ``render`` or ``video_frames``), otherwise (ale-py's
+    native Atari env has no screens) the newest 84x84 grayscale frame the agent sees, shown at twice its size."""
+    unwrapped = env.unwrapped
+    if isinstance(unwrapped, minatar.MinAtarVectorEnv) or getattr(unwrapped, "render_mode", None) == "rgb_array":
+        return render_frame(env, index)
+    return atari.observation_picture(observation)

@@ -151,6 +151,12 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
     return env
 
 
+def observation_picture(observation: np.ndarray, scale: int = 2) -> np.ndarray:
+    """The newest frame of a stacked ``(4, 84, 84)`` observation as an RGB picture, ``scale`` times its size."""
+    frame = np.asarray(observation)[-1]
+    return np.repeat(frame.repeat(scale, axis=0).repeat(scale, axis=1)[:, :, None], 3, axis=2)
+
+
 def game_flavours(env_id: str) -> tuple[list[int], list[int]]:
     """The (modes, difficulties) a game offers."""
     ale = ale_py.ALEInterface()

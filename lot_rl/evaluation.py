@@ -46,6 +46,7 @@ from lot_rl.errors import LoTUserError, require
 from lot_rl.plotting import plot_comparison
 from lot_rl.runlog import check_writable_file, ensure_writable_dir, progress_bar
 from lot_rl.runtime import resolve_device
+from lot_rl.video import EpisodeRecorder
 
 EVAL_FORMAT = "lot_rl-eval"
 EVAL_VERSION = 1
@@ -233,47 +234,39 @@ def episode_shares(episodes: int, num_envs: int) -> list[int]:
 
 
 class _VideoRecorder:
-    """Full-resolution RGB frames of chosen (env, game) pairs to MP4 files, one file per game."""
+    """The chosen games of every env of an evaluation as MP4 files: one :class:`EpisodeRecorder` per env.
+
+    ``wanted`` maps (env index, the env's game index) to a file name.
+    """
 
     def __init__(self, env, folder: Path, wanted: dict[tuple[int, int], str], fps: int = VIDEO_FPS):
-        self.env, self.folder, self.wanted, self.fps = env, folder, wanted, fps
-        self.writers: dict[int, Any] = {}
-        self.paths: list[str] = []
+        self.env, self.wanted = env, wanted
+        self.recorders = [EpisodeRecorder(folder, fps, lambda game, i=i: wanted.get((i, game)))
+                          for i in range(env.num_envs)]
 
-    def start(self, env_index: int, game_index: int) -> None:
-        import cv2
+    def _picture(self, env_index: int) -> Callable[[], np.ndarray]:
+        return lambda: render_frame(self.env, env_index)
 
-        name = self.wanted.get((env_index, game_index))
-        if name is None:
-            return
-        frame = render_frame(self.env, env_index)
-        path = self.folder / name
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
-                                 (frame.shape[1], frame.shape[0]))
-        if not writer.isOpened():
-            raise LoTUserError(f"--video: cannot write {path} (no MP4 encoder in this OpenCV build?)")
-        self.writers[env_index] = writer
-        self.paths.append(str(path))
-        self._write(env_index, frame)
+    def start(self) -> None:
+        """The envs were reset: their first games start."""
+        for i, recorder in enumerate(self.recorders):
+            recorder.start_game(self._picture(i))
 
-    def _write(self, env_index: int, frame: np.ndarray) -> None:
-        self.writers[env_index].write(np.ascontiguousarray(frame[:, :, ::-1]))  # OpenCV wants BGR
-
-    def step(self, finished: np.ndarray, games_done: np.ndarray) -> None:
-        """After a vector step: close the videos of finished games, open the next, record the frames."""
-        for i in list(self.writers):
-            if finished[i]:
-                self.writers.pop(i).release()
-            else:
-                self._write(i, render_frame(self.env, i))
-        for i in np.flatnonzero(finished):
-            if i not in self.writers:
-                self.start(int(i), int(games_done[i]))  # the env already shows the next game's first frame
+    def step(self, finished: np.ndarray) -> None:
+        """After a vector step (``finished``: the envs whose game ended on it)."""
+        for i, recorder in enumerate(self.recorders):
+            recorder.step(self._picture(i), bool(finished[i]))
 
     def close(self) -> None:
-        for writer in self.writers.values():
-            writer.release()
-        self.writers.clear()
+        for recorder in self.recorders:
+            recorder.close()
+
+    @property
+    def paths(self) -> list[str]:
+        """The videos written, in the order of ``wanted`` (env-major)."""
+        written = {path for recorder in self.recorders for path in recorder.paths}
+        in_order = [str(self.recorders[i].folder / name) for (i, _), name in self.wanted.items()]
+        return [path for path in in_order if path in written]
 
 
 def _video_slug(policy: str, mode: int | None, difficulty: int | None) -> str:
@@ -303,8 +296,7 @@ def play_games(env, logits_fn: Callable[[torch.Tensor], torch.Tensor], episodes:
     generator.manual_seed(seed)
     obs, _ = env.reset(seed=seed)
     if recorder is not None:
-        for i in range(env.num_envs):
-            recorder.start(i, 0)
+        recorder.start()
     bar = progress_bar(episodes, desc=desc, unit="game")
     threads = torch.get_num_threads()
     if device.type == "cpu" and env.num_envs <= 32:
@@ -330,7 +322,7 @@ def play_games(env, logits_fn: Callable[[torch.Tensor], torch.Tensor], episodes:
                     bar.update(1)
                 done[i] += 1
             if recorder is not None:
-                recorder.step(finished, done)
+                recorder.step(finished)
     finally:
         torch.set_num_threads(threads)
         bar.close()

@@ -19,15 +19,13 @@ import numpy as np
 import yaml
 
 from lot_rl.errors import LoTUserError, require
-from lot_rl.runlog import METRICS_NAME, read_metrics
+from lot_rl.runlog import FINAL_EPISODES, METRICS_NAME, RETURN_TAG, final_score, read_metrics
 
 RESULTS_DIR = "results"
 ATTEMPTS_NAME = "sweep_attempts.jsonl"  # one line per attempt at a run: when it began (the wall time counts them)
 RESULT_FORMAT = "lot_rl-result"
 RESULT_VERSION = 1
-RETURN_TAG = "charts/episodic_return"
 UPDATE_TAG = "charts/SPS"  # logged once per update
-FINAL_EPISODES = 100
 CURVE_POINTS = 50
 FINAL_PROTOCOL = (f"mean return of the last {FINAL_EPISODES} training episodes (full games: true game returns, "
                   f"unclipped, all lives), or of all of them if fewer finished")
@@ -117,7 +115,7 @@ def build_result(run_dir: str | os.PathLike, env_id: str, variant: str, seed: in
     require(bool(updates), f"run {run_dir.name} logged no update in {run_dir / METRICS_NAME}")
     total_steps = int(updates[-1]["step"])
     steps, scores = learning_curve([s for s, _ in episodes], [r for _, r in episodes], total_steps)
-    final = [r for _, r in episodes][-FINAL_EPISODES:]
+    score, final_episodes = final_score(rows)
     wall = _attempts_wall_time(run_dir, rows, time.time())
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     return {
@@ -125,8 +123,7 @@ def build_result(run_dir: str | os.PathLike, env_id: str, variant: str, seed: in
         "env_id": env_id, "variant": variant, "seed": seed,
         "total_steps": total_steps, "updates": len(updates), "episodes": len(episodes),
         "wall_time_s": _round(wall, 1), "env_steps_per_s": _round(total_steps / wall, 1) if wall > 0 else None,
-        "final": {"protocol": FINAL_PROTOCOL, "score": _round(np.mean(final)) if final else None,
-                  "episodes": len(final)},
+        "final": {"protocol": FINAL_PROTOCOL, "score": _round(score), "episodes": final_episodes},
         "curve": {"protocol": CURVE_PROTOCOL, "steps": steps, "scores": scores},
         "evaluation": None,
         "config": {k: v for k, v in config.items() if k not in ("run_dir", "run_name")},

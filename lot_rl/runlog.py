@@ -1,8 +1,8 @@
-"""Run folders: TensorBoard events, the same scalars as JSON lines, and a progress bar.
+"""Run folders: TensorBoard events, the same scalars as JSON lines (and in W&B with ``--track``), a progress bar.
 
 Every training command writes ``runs/<run-name>/`` with ``events.out.tfevents.*`` (TensorBoard, CleanRL's
 tag names), ``metrics.jsonl`` (one ``{"step": ..., "tag": value, ...}`` object per logging call) and
-``config.yaml``.
+``config.yaml``; a tracked run also sends each scalar, once, to its tracker (:mod:`lot_rl.tracking`).
 """
 
 from __future__ import annotations
@@ -14,16 +14,21 @@ import signal
 import threading
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from lot_rl.checkpoint import CHECKPOINT_NAME
 from lot_rl.errors import LoTUserError, require
+from lot_rl.video import gif_bytes
 
 METRICS_NAME = "metrics.jsonl"
+RETURN_TAG = "charts/episodic_return"
+FINAL_EPISODES = 100  # a run's score: the mean return of its last 100 games
 
 
 def make_run_dir(root: str | Path, run_name: str, exist_ok: bool = False) -> Path:
@@ -66,11 +71,25 @@ def check_writable_file(path: str | os.PathLike, option: str) -> Path:
     return path
 
 
-class RunLogger:
-    """Scalars to TensorBoard and ``metrics.jsonl`` at once."""
+class Tracker(Protocol):
+    """Where a :class:`RunLogger` sends what it logs besides its own files (:class:`lot_rl.tracking.WandbTracker`)."""
 
-    def __init__(self, run_dir: str | Path, hparams: dict[str, Any] | None = None, purge_step: int | None = None):
+    def log(self, step: int, scalars: dict[str, float]) -> None: ...
+    def log_video(self, tag: str, path: Path, step: int) -> None: ...
+    def summary(self, values: dict[str, Any]) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
+
+
+class RunLogger:
+    """Scalars to TensorBoard, ``metrics.jsonl`` and the ``tracker`` (W&B) at once: the same tags, the same steps.
+
+    ``step`` is the run's step axis (``global_step`` in ``train``, the epoch in ``cv``/``lm``).
+    """
+
+    def __init__(self, run_dir: str | Path, hparams: dict[str, Any] | None = None, purge_step: int | None = None,
+                 tracker: Tracker | None = None):
         self.run_dir = Path(run_dir)
+        self.tracker = tracker
         self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
         if purge_step is not None:
             drop_metrics_from(self.run_dir, purge_step)
@@ -84,10 +103,36 @@ class RunLogger:
         for tag, value in clean.items():
             self.writer.add_scalar(tag, value, step)
         self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **clean}) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(step, clean)
+
+    def log_video(self, tag: str, path: str | Path, step: int) -> None:
+        """A video file of the run folder: an animated GIF in TensorBoard's image dashboard (what ``add_video``
+        writes, without its moviepy dependency), the MP4 itself in W&B."""
+        try:
+            gif = gif_bytes(path)
+        except RuntimeError as exc:  # a video TensorBoard cannot show is no reason to stop training
+            warnings.warn(f"{exc}; TensorBoard will not show it", stacklevel=2)
+        else:
+            width, height = int.from_bytes(gif[6:8], "little"), int.from_bytes(gif[8:10], "little")
+            image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=gif)
+            self.writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+        if self.tracker is not None:
+            self.tracker.log_video(tag, Path(path), step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """The run's final values (W&B's run summary; the files already hold them)."""
+        if self.tracker is not None:
+            self.tracker.summary(values)
 
     def close(self) -> None:
+        """Close the files and finish the tracker's run (marked failed when closed while an exception propagates,
+        as from a ``finally`` block)."""
         self.writer.close()
         self._jsonl.close()
+        if self.tracker is not None:
+            self.tracker.close(failed=sys.exc_info()[0] is not None and sys.exc_info()[0] is not KeyboardInterrupt)
+            self.tracker = None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -103,6 +148,13 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+def final_score(rows: list[dict[str, Any]]) -> tuple[float | None, int]:
+    """A run's score from its :func:`read_metrics` rows: the mean return of the last :data:`FINAL_EPISODES`
+    finished games (of all of them if fewer; None before the first), and how many games that mean is over."""
+    returns = [float(row[RETURN_TAG]) for row in rows if RETURN_TAG in row][-FINAL_EPISODES:]
+    return (float(sum(returns) / len(returns)) if returns else None), len(returns)
 
 
 def drop_metrics_from(run_dir: str | Path, step: int) -> None:

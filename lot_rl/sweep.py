@@ -41,7 +41,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -53,6 +53,7 @@ from lot_rl.envs import parse_env_id
 from lot_rl.errors import LoTUserError, require
 from lot_rl.results import ATTEMPTS_NAME, RESULTS_DIR, build_result, evaluate_run, read_result, write_result
 from lot_rl.runlog import METRICS_NAME, ensure_writable_dir
+from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, add_to_summary, validate_tracking
 
 GRID_NAME = "grid.yaml"
 RUNS_DIR = "runs"
@@ -63,7 +64,7 @@ GRID_KEYS = ("env_ids", "seeds", "common", "variants")
 # Options the sweep sets for each run (from the grid's env_ids and seeds, the variant's name, the folder).
 RUN_KEYS = ("env_id", "seed", "exp_name", "run_dir", "run_name")
 # Options that say how a run is executed, not what it computes: they may change between invocations.
-EXECUTION_KEYS = ("device", "env_threads", "save_every")
+EXECUTION_KEYS = ("device", "env_threads", "save_every", "capture_video", "video_every", *TRACKING_FIELDS)
 
 EXECUTORS = ("pool", "slurm", "submitit-local")
 EXIT_INTERRUPTED = 130
@@ -93,6 +94,14 @@ class RunSpec:
         if not options.get("env_threads") and parse_env_id(self.env_id).family == "atari":
             options["env_threads"] = threads  # the native Atari env's threads share the run's cores too
         return options
+
+
+def tracked(spec: RunSpec, tracking: TrackingOptions, sweep_name: str) -> RunSpec:
+    """The run with the sweep's ``--track`` options: W&B group ``--wandb-group`` or the sweep's name, and the variant
+    and ``seed<N>`` added to the tags."""
+    options = {**spec.options, **cfg_lib.to_dict(tracking), "wandb_group": tracking.wandb_group or sweep_name,
+               "wandb_tags": [*tracking.wandb_tags, spec.variant, f"seed{spec.seed}"]}
+    return replace(spec, options=options)
 
 
 def run_name(env_id: str, variant: str, seed: int) -> str:
@@ -338,6 +347,8 @@ def execute_run(spec: RunSpec, out: str | os.PathLike, threads: int = 1, eval_ep
         if eval_episodes and not _has_evaluation(result, eval_episodes):
             result["evaluation"] = evaluate_run(run_dir, eval_episodes, seed=spec.seed,
                                                 device=spec.options.get("device", "auto"))
+            summary = {f"eval/{k}": v for k, v in result["evaluation"].items() if k not in ("protocol", "returns")}
+            add_to_summary(cfg_lib.from_dict(TrackingOptions, spec.options), run_dir, summary)
         write_result(path, result)
     return result
 
@@ -539,12 +550,12 @@ class SweepSummary:
 def sweep(grid: Grid, out: str | os.PathLike, *, env_ids: Sequence[str] | None = None,
           seeds: Sequence[int] | None = None, variants: Sequence[str] | None = None, workers: int | None = None,
           threads: int | None = None, executor: str = "pool", eval_episodes: int = 0,
-          slurm: SlurmOptions | None = None,
+          slurm: SlurmOptions | None = None, tracking: TrackingOptions | None = None,
           log: Callable[[str], None] = print) -> SweepSummary:
     """Run the grid's runs (narrowed to ``env_ids``/``seeds``/``variants``) that are not finished yet.
 
     ``workers`` runs at once (default: the cores), each with ``threads`` torch threads (default: cores / workers;
-    with Slurm, the job's CPUs).
+    with Slurm, the job's CPUs). ``tracking`` with ``track`` set logs every run to W&B (see :func:`tracked`).
 
     Prints a line per finished run and a summary. Raises ``KeyboardInterrupt`` after a Ctrl-C (or SIGTERM) has
     stopped the running runs at a checkpoint.
@@ -558,6 +569,8 @@ def sweep(grid: Grid, out: str | os.PathLike, *, env_ids: Sequence[str] | None =
     slurm = slurm or SlurmOptions()
     specs = grid.runs(env_ids, seeds, variants)
     out = prepare_folder(out, grid)
+    if tracking is not None and tracking.track:
+        specs = [tracked(spec, tracking, Path(out).resolve().name) for spec in specs]
     states = {spec.name: run_state(out, spec, eval_episodes) for spec in specs}
     todo = [spec for spec in specs if states[spec.name] != "done"]
     summary = SweepSummary(total=len(specs), skipped=len(specs) - len(todo))
@@ -649,10 +662,14 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "sweep") ->
     group.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job (default: the cluster's)")
     group.add_argument("--slurm-parallelism", type=int, default=None, metavar="N",
                        help="at most N jobs at once (default: no limit)")
+    cfg_lib.add_options(parser, TrackingOptions, group_of={name: "tracking (each run as lot-rl train --track)"
+                                                           for name in TRACKING_FIELDS})
 
 
 def run_command(ns: argparse.Namespace, command: str = "sweep") -> int:
     grid = read_grid(ns.grid, ns.set_options)
+    tracking = cfg_lib.from_namespace(TrackingOptions, ns)
+    validate_tracking(tracking)
     out = Path(ns.out) if ns.out else Path("sweeps") / Path(ns.grid).stem
     if ns.dry_run:
         specs = grid.runs(ns.env_ids, ns.seeds, ns.variants)
@@ -667,7 +684,8 @@ def run_command(ns: argparse.Namespace, command: str = "sweep") -> int:
                          poll_s=1.0 if ns.executor == "submitit-local" else 15.0)
     try:
         summary = sweep(grid, out, env_ids=ns.env_ids, seeds=ns.seeds, variants=ns.variants, workers=ns.workers,
-                        threads=ns.threads, executor=ns.executor, eval_episodes=ns.eval_episodes, slurm=slurm)
+                        threads=ns.threads, executor=ns.executor, eval_episodes=ns.eval_episodes, slurm=slurm,
+                        tracking=tracking)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return 1 if summary.count("failed") else 0

@@ -47,3 +47,98 @@ def load_script():
         return module
 
     return load
+
+
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch):
+    """W&B in offline mode with its files in ``tmp_path/wandb-files`` (no network); returns a function that reads
+    back every offline run written there (see :func:`read_offline_runs`)."""
+    import wandb
+
+    folder = tmp_path / "wandb-files"
+    folder.mkdir()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(folder))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb.teardown()  # W&B reads its settings (WANDB_DIR) once per process: start afresh with these
+    yield lambda: read_offline_runs(folder)
+    wandb.teardown()
+
+
+def read_offline_runs(folder: Path) -> list[dict]:
+    """The offline W&B runs under ``folder`` in the order they were made: for each, its ``id``, ``name``, ``group``,
+    ``tags``, ``config``, ``history`` (one dict per logged row), ``summary`` and the ``files`` folder.
+
+    An offline run is W&B's transaction log (``run-<id>.wandb``): LevelDB's log format (32 KiB blocks of records,
+    each a 7-byte header: CRC32C, length, type full/first/middle/last) after a 7-byte file header, each record a
+    ``wandb_internal_pb2.Record`` protobuf. wandb 0.31 has no reader of its own in Python, so the tests read it.
+    """
+    import json
+    import struct
+    import time
+
+    from wandb.proto import wandb_internal_pb2
+
+    def key_of(item):
+        return [item.key] if item.key else list(item.nested_key)
+
+    def put(target, keys, value_json):
+        for key in keys[:-1]:
+            target = target.setdefault(key, {})
+        target[keys[-1]] = json.loads(value_json)
+
+    def read_run(run_dir: Path) -> dict | None:
+        data = next(run_dir.glob("run-*.wandb")).read_bytes()
+        if data[:4] != b":W&B":
+            return None  # not written yet
+        run = {"history": [], "summary": {}, "config": {}, "files": run_dir / "files"}
+        position, pending, finished = 7, b"", False
+        while position + 7 <= len(data):
+            left = 32768 - position % 32768
+            if left < 7:  # a block's tail too short for a header is padding
+                position += left
+                continue
+            _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+            if kind == 0:  # zeros up to the end of the block
+                position += left
+                continue
+            if position + 7 + length > len(data):
+                return None  # still being written
+            pending += data[position + 7:position + 7 + length]
+            position += 7 + length
+            if kind not in (1, 4):  # first or middle part of a record
+                continue
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            kind_name = record.WhichOneof("record_type")
+            if kind_name == "run":
+                run.update(id=record.run.run_id, name=record.run.display_name, group=record.run.run_group,
+                           tags=list(record.run.tags), project=record.run.project,
+                           start=record.run.start_time.seconds + record.run.start_time.nanos * 1e-9)
+                for item in record.run.config.update:
+                    put(run["config"], key_of(item), item.value_json)
+            elif kind_name == "config":
+                for item in record.config.update:
+                    put(run["config"], key_of(item), item.value_json)
+            elif kind_name == "history":
+                row = {}
+                for item in record.history.item:
+                    put(row, key_of(item), item.value_json)
+                run["history"].append(row)
+            elif kind_name == "summary":
+                for item in record.summary.update:
+                    put(run["summary"], key_of(item), item.value_json)
+            elif kind_name == "exit":
+                finished = True
+        return run if finished else None
+
+    runs = []
+    for run_dir in folder.glob("wandb/offline-run-*"):
+        # W&B's service may still be writing a run that has finished in Python: wait for its exit record.
+        deadline = time.time() + 30
+        while (run := read_run(run_dir)) is None:
+            assert time.time() < deadline, f"{run_dir}: the W&B run never finished"
+            time.sleep(0.1)
+        runs.append(run)
+    return sorted(runs, key=lambda run: run["start"])

@@ -38,6 +38,7 @@ from lot_rl.regularizer import (STUDENT_LOSSES, Students, student_loss, validate
                                 validate_student_weights)
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
 from lot_rl.runtime import autocast_for, keep_freed_memory
+from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, start_tracking, validate_tracking
 
 BEST_NAME = "best.pt"
 SUMMARY_NAME = "summary.json"
@@ -55,7 +56,7 @@ def plain_forward(name: str, model: nn.Module, inputs: torch.Tensor) -> torch.Te
 
 
 @dataclass
-class CommonArgs:
+class CommonArgs(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) come first
     # --- experiment
     exp_name: str = cfg_lib.option("lot", "name of the experiment (part of the run name)")
     seed: int = cfg_lib.option(1, "seed of the experiment")
@@ -82,7 +83,8 @@ class CommonArgs:
 
 LOT_FIELDS = ("alpha", "num_students", "student_weights", "student_steps_ratio", "temperature", "student_loss",
               "student_kl_weight", "student_ce_weight")
-EXPERIMENT_FIELDS = ("exp_name", "seed", "device", "run_dir", "run_name", "data_dir", "threads", "precision")
+EXPERIMENT_FIELDS = ("exp_name", "seed", "device", "run_dir", "run_name", "data_dir", "threads", "precision",
+                     *TRACKING_FIELDS)
 
 
 def validate_common(args: CommonArgs) -> None:
@@ -97,6 +99,7 @@ def validate_common(args: CommonArgs) -> None:
             f"--student-kl-weight must be >= 0, got {args.student_kl_weight}")
     require(args.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     require(args.student_ce_weight >= 0, f"--student-ce-weight must be >= 0, got {args.student_ce_weight}")
+    validate_tracking(args)
 
 
 def seed_everything(seed: int, threads: int = 0) -> None:
@@ -371,7 +374,8 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
             "best": best, "elapsed": elapsed + time.time() - start, "rng": rng_state(), **(extra_state or {})})
 
     cfg_lib.save_config(args, run_dir / "config.yaml")
-    logger = RunLogger(run_dir, hparams=cfg_lib.to_dict(args), purge_step=epoch if checkpoint else None)
+    logger = RunLogger(run_dir, hparams=cfg_lib.to_dict(args), purge_step=epoch if checkpoint else None,
+                       tracker=start_tracking(args, run_dir, cfg_lib.to_dict(args), step_metric="epoch"))
     bar = progress_bar(epochs * task.steps_per_epoch, initial=global_step, desc=desc or task.kind)
     interrupt = GracefulInterrupt()
     start, steps_this_call, stopped = time.time(), 0, False
@@ -448,6 +452,7 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
         return {"finished": False, "run_dir": str(run_dir), "epoch": epoch, "teacher_steps": global_step}
     summary = final_summary(task, trainer, args, run_dir, best, global_step, elapsed + time.time() - start)
     logger.log(epochs, {k: v for k, v in summary["test"].items()})
+    logger.summary({"best_epoch": summary["best_epoch"], **summary["val"], **summary["test"]})
     logger.close()
     return summary
 
