@@ -251,17 +251,26 @@ class ObservationCache:
         return min(self.seen, self.capacity)
 
     def append(self, observations: torch.Tensor) -> None:
-        """Add one rollout's observations, shape ``(rollout_size, *obs_shape)`` (copied)."""
-        if self._buffer is None or (self.mode == "copies" and self._buffer.shape[1:] != observations.shape):
+        """Add one rollout's observations, shape ``(rollout_size, *obs_shape)`` (copied).
+
+        A rollout of another shape, dtype or device than the cached ones (SB3's ``set_env`` with another
+        ``n_envs``, a run resumed with another ``--num-envs``) starts the cache afresh with it: the older
+        rollouts cannot be stacked with it and are dropped.
+        """
+        if not self._fits(observations):
             slots = self.capacity if self.mode == "copies" else 1
             self._buffer = observations.new_empty((slots, *observations.shape))
-            self._next = 0
+            self._next, self.seen = 0, 0
         if self.mode == "reference":
             self._buffer[0].copy_(observations)
         else:
             self._buffer[self._next].copy_(observations)
             self._next = (self._next + 1) % self.capacity
         self.seen += 1
+
+    def _fits(self, observations: torch.Tensor) -> bool:
+        return (self._buffer is not None and self._buffer.shape[1:] == observations.shape
+                and self._buffer.dtype == observations.dtype and self._buffer.device == observations.device)
 
     def entries(self) -> list[torch.Tensor]:
         """The cached rollouts, oldest first (in reference mode: the latest rollout, ``len(self)`` times)."""

@@ -206,3 +206,19 @@ def test_cache_state_fits_another_capacity_or_mode():
     copies = ObservationCache(3)
     copies.load_state_dict(reference.state_dict())
     assert [e[0, 0].item() for e in copies.entries()] == [4.0]
+
+
+@pytest.mark.parametrize("mode", ObservationCache.MODES)
+def test_cache_starts_afresh_on_a_rollout_of_another_shape(mode):
+    """Issue 12, bug 1: a rollout of another size (SB3's set_env with another n_envs, a resumed run with
+    another --num-envs) used to reallocate the buffer but keep the count of filled entries, so entries()
+    handed out uninitialised memory."""
+    cache = ObservationCache(3, mode)
+    for i in range(4):
+        cache.append(torch.full((4, 2), float(i)))
+    cache.append(torch.full((6, 2), 7.0))
+    entries = cache.entries()
+    assert len(cache) == len(entries) == 1  # the rollouts of the old shape are gone, never garbage
+    assert entries[0].shape == (6, 2) and bool((entries[0] == 7.0).all())
+    cache.append(torch.full((6, 2), 8.0))
+    assert [e[0, 0].item() for e in cache.entries()] == ([7.0, 8.0] if mode == "copies" else [8.0, 8.0])
