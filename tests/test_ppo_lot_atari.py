@@ -162,8 +162,25 @@ def _params(run_dir):
     return ckpt, list(ckpt["agent"].values()) + [t for sd in ckpt["students"]["networks"] for t in sd.values()]
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_args):
+def _record_initial_parameters(monkeypatch) -> list[list[torch.Tensor]]:
+    """Make every Agent and StudentPolicy built from now on record a copy of its initial parameters."""
+    initial: list[list[torch.Tensor]] = []
+    for name in ("Agent", "StudentPolicy"):
+        cls = getattr(lot, name)
+
+        class Recording(cls):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                initial.append([t.detach().clone() for t in self.state_dict().values()])
+
+        monkeypatch.setattr(lot, name, Recording)
+    return initial
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_args, monkeypatch):
+    initial = _record_initial_parameters(monkeypatch)
     straight = lot.train(tiny_args(env_backend="gymnasium", run_name="straight", total_timesteps=256))
+    teacher_before, student_before = initial[:2]
     args = tiny_args(env_backend="gymnasium", run_name="split", total_timesteps=256, save_every=100)
     split = lot.train(args, max_updates=2)  # stops after update 2 with a checkpoint, as Ctrl-C does
     assert load_checkpoint(split)["update"] == 2
@@ -172,12 +189,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_args):
     ckpt_b, b = _params(split)
     assert ckpt_a["global_step"] == ckpt_b["global_step"] == 256
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert any(not torch.equal(x, y) for x, y in zip(a, _params_of_fresh_agent()))
-
-
-def _params_of_fresh_agent():
-    torch.manual_seed(123)
-    return list(lot.Agent(4).state_dict().values())
+    # Training changed every weight tensor of the teacher and the student (issue 12, bug 2: this compared
+    # with an agent of another seed, so it held even if training had changed nothing).
+    trained_teacher, trained_student = list(ckpt_a["agent"].values()), list(ckpt_a["students"]["networks"][0].values())
+    assert len(trained_teacher) == len(teacher_before) and len(trained_student) == len(student_before)
+    assert all(not torch.equal(x, y) for x, y in zip(trained_teacher, teacher_before))
+    assert all(not torch.equal(x, y) for x, y in zip(trained_student, student_before))
 
 
 @pytest.mark.parametrize("argv, message", [
