@@ -153,6 +153,8 @@ def validate_args(args: Args) -> None:
     require(0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
     require(args.clip_coef > 0, f"--clip-coef must be > 0, got {args.clip_coef}")
     require(0.0 <= args.lot_start <= 1.0, f"--lot-start is a fraction of training in [0, 1], got {args.lot_start}")
+    require(args.student_lr is None or args.student_lr > 0,
+            f"--student-lr must be > 0 (leave it out to follow --learning-rate), got {args.student_lr}")
     validate_lot_options(args.alpha, args.num_students, args.temperature, args.student_steps_ratio)
     validate_student_weights(args.student_weights, args.num_students)
     validate_cache_options(args.obs_num, args.cache_mode)
@@ -234,7 +236,7 @@ class StudentPolicy(nn.Module):
 
 def make_students(args: Args, num_actions: int, device: torch.device, lr_lambda) -> Students:
     """K students, each with Adam (weight decay) on the teacher's learning-rate schedule."""
-    student_lr = args.student_lr or args.learning_rate
+    student_lr = args.learning_rate if args.student_lr is None else args.student_lr
     networks = [StudentPolicy(num_actions, args.student_arch).to(device) for _ in range(args.num_students)]
     if args.channels_last:
         networks = [net.to(memory_format=torch.channels_last) for net in networks]

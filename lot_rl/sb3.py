@@ -236,7 +236,8 @@ class LoTCallback(BaseCallback):
         require(self.student_weight_decay >= 0,
                 f"LoTCallback: student_weight_decay must be >= 0, got {self.student_weight_decay}")
         require(self.student_lr is None or self.student_lr > 0,
-                f"LoTCallback: student_lr must be > 0 or None (follow the teacher), got {self.student_lr}")
+                f"LoTCallback: student_lr must be > 0 (leave it out to follow the teacher's learning rate), "
+                f"got {self.student_lr}")
         require(self.student_batch_size is None or self.student_batch_size >= 1,
                 f"LoTCallback: student_batch_size must be >= 1 or None, got {self.student_batch_size}")
         require(self.student is None or isinstance(self.student, nn.Module) or callable(self.student),
@@ -281,7 +282,7 @@ class LoTCallback(BaseCallback):
     def _build_students(self) -> Students:
         policy, device = self.model.policy, self.model.device
         eps = policy.optimizer.defaults.get("eps", 1e-5) if isinstance(policy.optimizer, torch.optim.Adam) else 1e-5
-        lr = self.student_lr or policy.optimizer.param_groups[0]["lr"]
+        lr = self._student_lr_now()
         students = Students(
             self._student_networks(),
             make_optimizer=lambda params: torch.optim.Adam(params, lr=lr, eps=eps,
@@ -406,9 +407,15 @@ class LoTCallback(BaseCallback):
             self._penalties_attached += 1
         return values, log_prob, entropy
 
+    def _student_lr_now(self) -> float:
+        """``student_lr``, or the teacher's current learning rate when it is None."""
+        if self.student_lr is not None:
+            return float(self.student_lr)
+        return float(self.model.policy.optimizer.param_groups[0]["lr"])
+
     def _sync_student_lr(self) -> None:
         # train() has just set the teacher's learning rate for this update; students follow it.
-        lr = self.student_lr or self.model.policy.optimizer.param_groups[0]["lr"]
+        lr = self._student_lr_now()
         for opt in self.students.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr

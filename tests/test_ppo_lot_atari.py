@@ -209,6 +209,8 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_args, monkeypatch
     (["--num-students", "0"], "--alpha 0.5 needs at least one student"),
     (["--student-weights", "1", "2"], "--student-weights has 2 values for 1 students"),
     (["--lot-start", "2"], "--lot-start is a fraction"),
+    # issue 12, bug 4: 0 fell back to --learning-rate
+    (["--student-lr", "0"], "--student-lr must be > 0 (leave it out to follow --learning-rate), got 0.0"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, message, tmp_path, capsys):

@@ -332,6 +332,7 @@ def test_custom_student_network_and_its_reload(tmp_path):
     ({"cache_mode": "views"}, "unknown cache_mode 'views'; choose one of copies, reference"),
     ({"student_steps_ratio": 0, "student_on_ppo_batches": False}, "students never learn"),
     ({"student_steps_ratio": -1}, "student_steps_ratio must be >= 0"),
+    ({"student_lr": 0.0}, r"student_lr must be > 0 \(leave it out to follow the teacher's learning rate\), got 0.0"),
 ])
 def test_bad_options_fail_at_construction(kwargs, message):
     with pytest.raises(LoTUserError, match=message):
