@@ -28,8 +28,8 @@ import torch.nn as nn
 from torch.distributions.categorical import Categorical
 
 from lot_rl import config as cfg_lib
-from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint,
-                               set_rng_state)
+from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer, rng_state,
+                               save_checkpoint, set_rng_state)
 from lot_rl.envs.atari import (BACKENDS, get_env_state, make_atari_env, parse_env_id, set_env_state,
                                supports_state)
 from lot_rl.errors import require
@@ -40,6 +40,9 @@ from lot_rl.runtime import autocast_for, keep_freed_memory, resolve_device
 
 CHECKPOINT_KIND = "atari-ppo-lot"
 STUDENT_ARCHS = ("nature", "small")
+# Options a resumed run cannot change (every other option given with --resume is applied).
+RESUME_FIXED = {**cfg_lib.FIXED_ON_RESUME,
+                "student_arch": "the saved students have the other architecture; start a new run"}
 
 
 @dataclass
@@ -374,6 +377,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         saved = checkpoint["config"]
         require(parse_env_id(saved["env_id"]).rom == game.rom,
                 f"checkpoint {checkpoint['path']} is from {saved['env_id']}, not {args.env_id}")
+        cfg_lib.require_unchanged_on_resume(args, saved, RESUME_FIXED)
         run_dir = Path(checkpoint["path"]).parent
     else:
         run_name = args.run_name or f"{game.name}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -420,8 +424,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     next_done = torch.zeros(args.num_envs, device=device)
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["agent"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        # Options given with --resume win: the optimizers keep the hyperparameters built from them.
+        restore_optimizer(optimizer, checkpoint["optimizer"], scheduler, checkpoint["scheduler"])
         students.load_state_dict(checkpoint["students"])
         cache.load_state_dict({**checkpoint["cache"], "entries": [e.to(device) for e in checkpoint["cache"]["entries"]]})
         global_step, start_update = checkpoint["global_step"], checkpoint["update"] + 1

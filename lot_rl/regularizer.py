@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lot_rl.checkpoint import restore_optimizer
 from lot_rl.errors import LoTUserError, require
 
 STUDENT_LOSSES = ("kl", "kl_ce", "symmetric_kl", "symmetric_kl_ce")
@@ -211,16 +212,21 @@ class Students:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the networks and their optimizers' and schedulers' progress from :meth:`state_dict`.
+
+        What the constructor was given stays: the lambda_i, the temperature and each optimizer's
+        hyperparameters (learning rate, weight decay...), so that options changed on resume apply
+        (:func:`lot_rl.checkpoint.restore_optimizer`).
+        """
         if len(state["networks"]) != len(self.networks):
             raise LoTUserError(f"the checkpoint holds {len(state['networks'])} students but this run has "
                                f"{len(self.networks)}; use the same --num-students to resume")
         for net, sd in zip(self.networks, state["networks"]):
             net.load_state_dict(sd)
-        for opt, sd in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
-        for sched, sd in zip(self.schedulers, state.get("schedulers", [])):
-            sched.load_state_dict(sd)
-        self.weights = list(state.get("weights", self.weights))
+        saved_schedulers = state.get("schedulers") or [None] * len(self.optimizers)
+        for i, (opt, sd) in enumerate(zip(self.optimizers, state["optimizers"])):
+            scheduler = self.schedulers[i] if self.schedulers else None
+            restore_optimizer(opt, sd, scheduler, saved_schedulers[i] if scheduler is not None else None)
 
 
 def validate_cache_options(obs_num: int, cache_mode: str) -> None:

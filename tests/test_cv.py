@@ -276,6 +276,18 @@ def test_cv_command_resume_extends_a_finished_run(tmp_path, capsys):
     assert summary["teacher_steps"] == 12
     rows = [r for r in read_metrics(tmp_path / "runs" / "r") if "teacher/val_acc" in r]
     assert [r["step"] for r in rows] == [1, 2, 3]
+    # Options the saved optimizer states held are applied too; those a resumed run cannot take are refused.
+    assert main(["cv", "--resume", str(tmp_path / "runs" / "r"), "--epochs", "4", "--weight-decay", "0.01"]) == 0
+    capsys.readouterr()
+    trainer_state = load_checkpoint(tmp_path / "runs" / "r")["trainer"]
+    assert trainer_state["optimizer"]["param_groups"][0]["weight_decay"] == 0.01
+    assert trainer_state["students"]["optimizers"][0]["param_groups"][0]["weight_decay"] == 0.01
+    for argv, message in ((["--seed", "3"], "--seed 3 differs from the resumed run's 1"),
+                          (["--preset", "digits"], "--preset cannot be combined with --resume"),
+                          (["--depth", "20"], "do not fit the saved networks")):
+        assert main(["cv", "--resume", str(tmp_path / "runs" / "r"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

@@ -197,6 +197,42 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_args, monkeypatch
     assert all(not torch.equal(x, y) for x, y in zip(trained_student, student_before))
 
 
+def test_resume_applies_the_options_given_with_it(tiny_args, tmp_path):
+    """Issue 12, bug 3: options typed with --resume win over the checkpoint, including those the saved
+    cache, optimizer and scheduler states used to overwrite silently."""
+    run_dir = lot.train(tiny_args(total_timesteps=192, num_students=2, obs_num=2, lr_schedule="constant",
+                                  save_every=100), max_updates=2)
+    assert load_checkpoint(run_dir)["cache"]["capacity"] == 2
+    (tmp_path / "more.yaml").write_text("temperature: 2.0\n")
+    assert main(["train", "--resume", str(run_dir), "--config", str(tmp_path / "more.yaml"), "--obs-num", "1",
+                 "--cache-mode", "reference", "--learning-rate", "1e-3", "--adam-eps", "1e-6",
+                 "--student-lr", "2e-3", "--student-weight-decay", "0", "--student-weights", "0.25", "0.75"]) == 0
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt["update"] == 3 and ckpt["config"]["temperature"] == 2.0
+    assert (ckpt["cache"]["capacity"], ckpt["cache"]["mode"], len(ckpt["cache"]["entries"])) == (1, "reference", 1)
+    teacher_group = ckpt["optimizer"]["param_groups"][0]
+    assert (teacher_group["lr"], teacher_group["eps"]) == (1e-3, 1e-6)
+    for state in ckpt["students"]["optimizers"]:
+        group = state["param_groups"][0]
+        assert (group["lr"], group["eps"], group["weight_decay"]) == (2e-3, 1e-6, 0.0)
+    assert ckpt["students"]["weights"] == [0.25, 0.75]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "ppo"], "--preset cannot be combined with --resume"),
+    (["--seed", "7"], "--seed 7 differs from the resumed run's 1"),
+    (["--run-name", "other"], "--run-name 'other' differs from the resumed run's 'run'"),
+    (["--student-arch", "small"], "--student-arch 'small' differs from the resumed run's 'nature'"),
+])
+def test_resume_refuses_the_options_it_cannot_apply(tiny_args, argv, message, capsys):
+    run_dir = lot.train(tiny_args(total_timesteps=64))
+    original = (run_dir / "checkpoint.pt").read_bytes()
+    assert main(["train", "--resume", str(run_dir), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert (run_dir / "checkpoint.pt").read_bytes() == original
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--env-id", "Breakuot-v4"], "unknown Atari env id 'Breakuot-v4'; did you mean BreakoutNoFrameskip-v4"),
     (["--alpha", "-1"], "--alpha must be >= 0"),

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lot_rl import config as cfg_lib
-from lot_rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from lot_rl.errors import require
+from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer, rng_state, save_checkpoint,
+                               set_rng_state)
+from lot_rl.errors import LoTUserError, require
 from lot_rl.regularizer import (STUDENT_LOSSES, Students, student_loss, validate_lot_options,
                                 validate_student_weights)
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
@@ -253,10 +254,15 @@ class LoTSupervisedTrainer:
                 "scheduler": self.scheduler.state_dict(), "students": self.students.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.students.load_state_dict(state["students"])
+        """Restore what :meth:`state_dict` saved; the optimizers keep their hyperparameters (the options of
+        the resumed run, see :func:`lot_rl.checkpoint.restore_optimizer`)."""
+        try:
+            self.teacher.load_state_dict(state["teacher"])
+            restore_optimizer(self.optimizer, state["optimizer"], self.scheduler, state["scheduler"])
+            self.students.load_state_dict(state["students"])
+        except (RuntimeError, ValueError) as exc:  # another architecture: torch's many-line message
+            raise LoTUserError(f"the networks of these options do not fit the saved networks (a model option "
+                               f"changed on resume?): {str(exc).splitlines()[0]}") from exc
 
     def models(self) -> dict[str, nn.Module]:
         """``{"teacher": ..., "student0": ..., ...}``."""
@@ -333,6 +339,7 @@ def prepare_run(args: CommonArgs, kind: str, dataset: str, resume: str | Path | 
     """The run folder (new, or the resumed run's) and the resumed checkpoint (or None)."""
     if resume is not None:
         checkpoint = load_checkpoint(resume, kind=kind)
+        cfg_lib.require_unchanged_on_resume(args, checkpoint["config"])
         return Path(checkpoint["path"]).parent, checkpoint
     run_name = args.run_name or f"{dataset}__{args.exp_name}__{args.seed}__{int(time.time())}"
     return make_run_dir(args.run_dir, run_name), None
