@@ -93,7 +93,9 @@ class Args:
                                      "reference's aliasing (every entry is the latest rollout)",
                                      choices=ObservationCache.MODES)
     temperature: float = cfg_lib.option(1.0, "softmax temperature T of the KL terms")
-    detach: bool = cfg_lib.option(True, "detach student logits in the teacher's penalty (no gradient to students)")
+    detach: bool = cfg_lib.option(True, "each network's KL target is fixed; --no-detach (the reference's --detach 0): "
+                                  "the penalty also trains the students and their imitation also trains the "
+                                  "teacher, on the PPO minibatches")
     lot_start: float = cfg_lib.option(0.0, "fraction of training before the penalty starts (it is always off "
                                       "in the first update, whose students are untrained)")
     student_arch: str = cfg_lib.option("nature", "student network: nature (the teacher's CNN) or small",
@@ -313,7 +315,8 @@ def lot_ppo_loss(agent: Agent, students: Students, obs, actions, old_logprobs, a
 
     ``ppo_loss + alpha_now * sum_i lambda_i kl(teacher, student_i.detach(), T)`` (the teacher's part) plus,
     with ``--student-on-ppo-batches``, ``sum_i kl(student_i, teacher.detach(), T)`` (the students' part,
-    which reaches only the students). Each network is then clipped and stepped with its own optimizer,
+    which reaches only the students). With ``--no-detach`` neither target is detached, as in the
+    reference's ``--detach 0``: each part reaches both sides. Each network is then clipped and stepped with its own optimizer,
     which equals separate updates. ``alpha_now`` is the alpha in force this update (0 while the penalty is
     off); ``args.alpha`` is not read here. Returns (loss, stats) with ``teacher_kl``/``student_kl`` when
     present.
@@ -329,8 +332,9 @@ def lot_ppo_loss(agent: Agent, students: Students, obs, actions, old_logprobs, a
         stats["teacher_kl"] = penalty.detach()
         loss = loss + alpha_now * penalty
         if args.student_on_ppo_batches:
-            # LoT: the students imitate the teacher on this minibatch too (the reference does)
-            imitation = students.imitation_loss(student_logits, teacher_logits)
+            # LoT: the students imitate the teacher on this minibatch too (the reference does); with
+            # --no-detach this loss reaches the teacher as well, as the reference's --detach 0 does
+            imitation = students.imitation_loss(student_logits, teacher_logits, detach=args.detach)
             stats["student_kl"] = imitation.detach() / len(students)
             loss = loss + imitation
     return loss, stats

@@ -66,18 +66,23 @@ def teachability_kl(teacher_logits: torch.Tensor, student_logits: Sequence[torch
 
 def student_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                  variant: str = "kl", labels: torch.Tensor | None = None,
-                 ce_weight: float = 1.0, kl_weight: float = 1.0, ignore_index: int = -100) -> torch.Tensor:
-    """The loss a student minimizes to imitate its teacher (the teacher's logits are detached here).
+                 ce_weight: float = 1.0, kl_weight: float = 1.0, ignore_index: int = -100,
+                 detach: bool = True) -> torch.Tensor:
+    """The loss a student minimizes to imitate its teacher.
 
-    variants (as in the reference):
-      ``kl``               kl(student, teacher)
+    variants (the reference's ``--loss``):
+      ``kl``               kl_weight * kl(student, teacher)
       ``kl_ce``            ce_weight * CE(student, labels) + kl_weight * kl(student, teacher)
-      ``symmetric_kl``     kl(student, teacher) + kl(teacher, student)  (the second with the teacher fixed)
-      ``symmetric_kl_ce``  symmetric_kl plus ce_weight * CE
+      ``symmetric_kl``     kl_weight * (kl(student, teacher) + kl(teacher, student))
+      ``symmetric_kl_ce``  ce_weight * CE + kl_weight * (kl(student, teacher) + kl(teacher, student))
+
+    The reference weights the KL part by alpha in the ``*_ce`` variants and by 1 otherwise
+    (:func:`reference_kl_weight`). The teacher's logits are a fixed target (detached) unless ``detach`` is
+    False, the reference's RL ``--detach 0``, where this loss reaches the teacher too.
     """
     if variant not in STUDENT_LOSSES:
         raise LoTUserError(f"unknown student loss {variant!r}; choose one of {', '.join(STUDENT_LOSSES)}")
-    target = teacher_logits.detach()
+    target = teacher_logits.detach() if detach else teacher_logits
     loss = kl(student_logits, target, temperature)
     if variant.startswith("symmetric_kl"):
         loss = loss + kl(target, student_logits, temperature)
@@ -89,6 +94,12 @@ def student_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
             student_logits.float().reshape(-1, student_logits.shape[-1]), labels.reshape(-1),
             ignore_index=ignore_index)
     return loss
+
+
+def reference_kl_weight(variant: str, alpha: float) -> float:
+    """The weight of the student's KL term in the reference: alpha in ``kl_ce``/``symmetric_kl_ce`` (beside
+    the cross-entropy), 1 in ``kl``/``symmetric_kl`` (pure imitation)."""
+    return alpha if variant.endswith("_ce") else 1.0
 
 
 def _resolve_weights(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -161,7 +172,8 @@ class Students:
 
     def imitation_loss(self, student_logits: Sequence[torch.Tensor], teacher_logits: torch.Tensor,
                        variant: str = "kl", labels: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """Sum over students of :func:`student_loss` (each student only gets its own term's gradient)."""
+        """Sum over students of :func:`student_loss` (each student only gets its own term's gradient; the
+        teacher none unless ``detach=False`` is passed on)."""
         return sum(student_loss(s, teacher_logits, self.temperature, variant, labels, **kwargs)
                    for s in student_logits)
 

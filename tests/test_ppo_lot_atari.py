@@ -97,6 +97,27 @@ def test_lot_minibatch_gradients(num_students, weights):
         sum(lam * kl(teacher_logits, s, 1.5).item() for lam, s in zip(lambdas, student_logits)), rel=1e-5)
 
 
+def test_undetached_lot_minibatch_lets_each_side_reach_the_other():
+    """``--no-detach`` as the reference's ``--detach 0``: the penalty reaches the students and the students'
+    imitation loss reaches the teacher (issue 12: ours detached the imitation loss always)."""
+    torch.manual_seed(0)
+    args = lot.Args(alpha=0.5, num_students=2, student_weights=[0.3, 0.7], temperature=1.5, detach=False)
+    agent, b = lot.Agent(4), _batch()
+    students = lot.make_students(args, 4, torch.device("cpu"), lot.lr_factor(args))
+    loss, _ = lot.lot_ppo_loss(agent, students, b["obs"], b["actions"], b["old_logprobs"], b["advantages"],
+                               b["returns"], b["old_values"], args, alpha_now=args.alpha)
+    loss.backward()
+
+    ppo, teacher_logits = _cleanrl_loss_by_hand(agent, b)
+    student_logits = [s(b["obs"]) for s in students.networks]
+    total = ppo + sum(0.5 * lam * kl(teacher_logits, s, 1.5) + kl(s, teacher_logits, 1.5)
+                      for lam, s in zip([0.3, 0.7], student_logits))
+    networks = [agent, *students.networks]
+    params = [p for net in networks for p in net.parameters()]
+    for p, g in zip(params, torch.autograd.grad(total, params)):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+
+
 def test_learning_rate_schedules():
     cosine = lot.lr_factor(lot.Args(total_timesteps=1024 * 10))
     assert cosine(0) == pytest.approx(1.0) and cosine(10) == pytest.approx(2.5e-6 / 2.5e-4)
