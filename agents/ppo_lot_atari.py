@@ -3,12 +3,17 @@
 Read top to bottom: options, networks, then :func:`train` in the order things happen: rollout, GAE, the PPO
 update (with the teachability penalty), the student phase, logging and checkpoints. The LoT additions are
 marked ``# LoT:``; their math comes from :mod:`lot_rl.regularizer`, so this file shows *when* things
-happen and the regularizer says *what* they are. With ``--alpha 0 --num-students 0`` this is CleanRL's PPO.
+happen and the regularizer says *what* they are.
 
-    lot-rl train                                   # LoT, the paper's settings, on Breakout
-    lot-rl train --preset ppo                      # CleanRL's PPO (teacher only)
+    lot-rl train                                   # LoT as the paper states it (the defaults), on Breakout
+    lot-rl train --preset reference                # LoT as the reference code ran it (its cache aliasing...)
+    lot-rl train --preset cleanrl                  # CleanRL's ppo_atari.py, gradient for gradient
+    lot-rl train --preset ppo                      # CleanRL's PPO settings on our faster env and layout
     lot-rl train --preset paper --alpha 0 --num-students 0   # the paper's teacher-only baseline
     lot-rl train --resume runs/<run-name>          # continue a run from its checkpoint
+
+``--alpha 0 --num-students 0`` alone is *not* CleanRL's PPO: the defaults anneal the learning rate by a cosine
+and run the native ALE env (``docs/reference.md`` lists every difference).
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ from torch.distributions.categorical import Categorical
 from lot_rl import config as cfg_lib
 from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer, rng_state,
                                save_checkpoint, set_rng_state)
-from lot_rl.envs.atari import (BACKENDS, get_env_state, make_atari_env, parse_env_id, set_env_state,
-                               supports_state)
+from lot_rl.envs.atari import (BACKENDS, MAX_EPISODE_FRAMES, get_env_state, make_atari_env, parse_env_id,
+                               set_env_state, supports_state)
 from lot_rl.errors import require
 from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
                                 validate_student_weights)
@@ -64,6 +69,9 @@ class Args:
         None, "sticky actions (default: 0 for -v4 ids, 0.25 for ALE/-v5 ids)")
     full_action_space: bool = cfg_lib.option(False, "use all 18 Atari actions")
     env_threads: int = cfg_lib.option(0, "threads of the native vector env (0: one per env up to the cores)")
+    max_episode_frames: int = cfg_lib.option(MAX_EPISODE_FRAMES, "emulator frames before a game is truncated "
+                                             "(108,000: 30 minutes, the standard; the reference's old gym: "
+                                             "400,000)")
     # --- PPO (the teacher)
     total_timesteps: int = cfg_lib.option(20_000_000, "total environment steps (agent steps, all envs)")
     learning_rate: float = cfg_lib.option(2.5e-4, "Adam learning rate of the teacher")
@@ -106,6 +114,8 @@ class Args:
     student_max_grad_norm: float = cfg_lib.option(0.5, "gradient-norm clip of each student")
     student_on_ppo_batches: bool = cfg_lib.option(True, "also train students on every PPO minibatch (as the "
                                                   "reference does)")
+    student_minibatches: int = cfg_lib.option(4, "minibatches per cached rollout in the student phase (the "
+                                              "reference: its PPO's 4, i.e. 256 states)")
     # --- speed
     precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on "
                                     "AVX2-only CPUs)", choices=("fp32", "bf16"))
@@ -126,28 +136,43 @@ class Args:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The LoT reference's settings (the defaults above).
+    # LoT as the paper states it (the defaults above): its run script's settings, a cache of the last obs_num
+    # *distinct* rollouts, and our fast native env. See docs/reference.md for how it differs from `reference`.
     "paper": dict(total_timesteps=20_000_000, lr_schedule="cosine", final_lr=2.5e-6, alpha=0.5,
                   num_students=1, student_steps_ratio=5, obs_num=10, temperature=1.0, student_weight_decay=1e-4),
-    # CleanRL's ppo_atari.py: teacher only, linear annealing to 0, 10M steps.
+    # LoT as the reference code ran it (trainer/atari_games.py and its run script): the paper's settings plus
+    # its cache aliasing (every cache entry is the latest rollout), CleanRL's wrappers, its seed 0, NCHW, and
+    # old gym's 400,000-frame cap. Alpha is 0 in the first update here as in every preset.
+    "reference": dict(total_timesteps=20_000_000, lr_schedule="cosine", final_lr=2.5e-6, alpha=0.5,
+                      num_students=1, student_steps_ratio=5, obs_num=10, temperature=1.0,
+                      student_weight_decay=1e-4, cache_mode="reference", env_backend="gymnasium", seed=0,
+                      channels_last=False, max_episode_frames=400_000),
+    # CleanRL's ppo_atari.py settings, teacher only (linear annealing to 0, 10M steps), on our defaults'
+    # native env and channels-last layout: fast, but not CleanRL's environment (see `cleanrl`).
     "ppo": dict(total_timesteps=10_000_000, lr_schedule="linear", alpha=0.0, num_students=0,
                 student_steps_ratio=0),
+    # CleanRL's ppo_atari.py exactly: `ppo` with CleanRL's wrappers and NCHW. Same environment step for step,
+    # same gradients bit for bit on the same minibatch (tests/test_ppo_lot_atari.py).
+    "cleanrl": dict(total_timesteps=10_000_000, lr_schedule="linear", alpha=0.0, num_students=0,
+                    student_steps_ratio=0, env_backend="gymnasium", channels_last=False),
 }
 
 OPTION_GROUPS = {**{n: "experiment" for n in ("exp_name", "seed", "torch_deterministic", "device", "run_dir",
                                                "run_name", "save_every")},
                  **{n: "environment" for n in ("env_id", "env_backend", "num_envs", "repeat_action_probability",
-                                                "full_action_space", "env_threads")},
+                                                "full_action_space", "env_threads", "max_episode_frames")},
                  **{n: "LoT" for n in ("alpha", "num_students", "student_weights", "student_steps_ratio",
                                         "obs_num", "cache_mode", "temperature", "detach", "lot_start",
                                         "student_arch", "student_lr", "student_weight_decay",
-                                        "student_max_grad_norm", "student_on_ppo_batches")},
+                                        "student_max_grad_norm", "student_on_ppo_batches",
+                                        "student_minibatches")},
                  **{n: "speed" for n in ("precision", "channels_last")}}
 
 
 def validate_args(args: Args) -> None:
     """Every option's domain, checked before anything is built."""
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "save_every"):
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "save_every",
+                 "max_episode_frames", "student_minibatches"):
         require(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     require(args.batch_size % args.num_minibatches == 0,
             f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} "
@@ -395,7 +420,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
 
     envs = make_atari_env(args.env_id, args.num_envs, args.seed, backend=args.env_backend,
                           repeat_action_probability=args.repeat_action_probability,
-                          full_action_space=args.full_action_space, num_threads=args.env_threads)
+                          full_action_space=args.full_action_space, num_threads=args.env_threads,
+                          max_episode_frames=args.max_episode_frames)
     num_actions = int(envs.single_action_space.n)
     if checkpoint is not None:
         require(checkpoint["num_actions"] == num_actions,
@@ -569,7 +595,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
 
 
 def student_phase(agent: Agent, students: Students, cache: ObservationCache, args: Args, autocast) -> list[float]:
-    """N passes over the cache; per cached rollout, ``num_minibatches`` shuffled imitation minibatches.
+    """N passes over the cache; per cached rollout, ``student_minibatches`` shuffled imitation minibatches.
 
     The cache hands out each minibatch with the teacher's targets, computed once per distinct cached
     rollout: the teacher does not change during the phase. Returns each step's mean student loss.
@@ -580,7 +606,7 @@ def student_phase(agent: Agent, students: Students, cache: ObservationCache, arg
 
     losses = []
     for mb_obs, mb_targets in cache.student_minibatches(teacher_logits, args.student_steps_ratio,
-                                                        args.minibatch_size):
+                                                        args.student_minibatches):
         if args.channels_last:
             mb_obs = mb_obs.contiguous(memory_format=torch.channels_last)
         with autocast():
@@ -602,8 +628,9 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "train") ->
     parser.description = ("Train a PPO teacher with LoT students on an Atari game. Without options: LoT with "
                           "the paper's settings on Breakout.")
     cfg_lib.add_run_options(parser, Args, PRESETS, group_of=OPTION_GROUPS,
-                            preset_help="paper: the LoT reference's settings (the defaults); ppo: CleanRL's PPO, "
-                                        "teacher only")
+                            preset_help="paper: LoT as the paper states it (the defaults); reference: LoT as the "
+                                        "reference code ran it; cleanrl: CleanRL's ppo_atari.py exactly; ppo: "
+                                        "CleanRL's settings on our faster env and layout")
 
 
 def run_command(ns: argparse.Namespace, command: str = "train") -> int:

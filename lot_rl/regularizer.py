@@ -301,19 +301,20 @@ class ObservationCache:
         return [self._buffer[i] for i in order]
 
     def student_minibatches(self, teacher: Callable[[torch.Tensor], torch.Tensor], passes: int,
-                            batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                            minibatches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The student phase's data: ``(states, teacher_logits)`` minibatches over the cached rollouts.
 
         ``passes`` passes; in each, every cached rollout (oldest first) is shuffled afresh and cut into
-        minibatches of ``batch_size`` states (the last one smaller if the rollout does not divide).
+        ``minibatches`` minibatches of ``ceil(rollout_size / minibatches)`` states (the last one smaller if
+        the rollout does not divide).
         ``teacher(states) -> logits`` is called here, before the first minibatch, once per distinct cached
         rollout, in chunks of :data:`TARGET_CHUNK` states under inference mode: the teacher does not change
         during the student phase (the LoT reference re-ran it with autograd for every minibatch of every
         pass). Targets are float32. The shuffles draw from torch's global generator as the minibatches are
         taken.
         """
-        require(passes >= 0 and batch_size >= 1,
-                f"student_minibatches: passes must be >= 0 and batch_size >= 1, got {passes} and {batch_size}")
+        require(passes >= 0 and minibatches >= 1,
+                f"student_minibatches: passes must be >= 0 and minibatches >= 1, got {passes} and {minibatches}")
         entries = self.entries() if passes else []
         targets: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
@@ -321,13 +322,14 @@ class ObservationCache:
                 if id(entry) not in targets:  # reference mode repeats one rollout: its targets once
                     targets[id(entry)] = torch.cat([teacher(entry[i:i + TARGET_CHUNK]).float()
                                                     for i in range(0, entry.shape[0], TARGET_CHUNK)])
-        return self._shuffled_minibatches(entries, targets, passes, batch_size)
+        return self._shuffled_minibatches(entries, targets, passes, minibatches)
 
     @staticmethod
     def _shuffled_minibatches(entries: list[torch.Tensor], targets: dict[int, torch.Tensor], passes: int,
-                              batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                              minibatches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _ in range(passes):
             for entry in entries:
+                batch_size = -(-entry.shape[0] // minibatches)  # ceil
                 order = torch.randperm(entry.shape[0], device=entry.device)
                 for start in range(0, entry.shape[0], batch_size):
                     rows = order[start:start + batch_size]

@@ -165,7 +165,7 @@ def test_student_minibatches_shuffle_every_rollout_each_pass_with_targets_comput
         return torch.cat([states, -states], 1).to(torch.bfloat16)
 
     torch.manual_seed(0)
-    batches = list(cache.student_minibatches(teacher, passes=2, batch_size=2))
+    batches = list(cache.student_minibatches(teacher, passes=2, minibatches=3))
     assert calls == [5, 5]  # once per cached rollout, before the first minibatch
     assert [len(states) for states, _ in batches] == [2, 2, 1] * 4  # 2 passes x 2 rollouts; the last one smaller
     for states, targets in batches:
@@ -173,7 +173,7 @@ def test_student_minibatches_shuffle_every_rollout_each_pass_with_targets_comput
     visits = [torch.cat([states for states, _ in batches[k:k + 3]]).flatten() for k in range(0, 12, 3)]
     assert [sorted(v.tolist()) for v in visits] == [[0, 1, 2, 3, 4], [10, 11, 12, 13, 14]] * 2  # oldest first
     assert not torch.equal(visits[0], visits[2])  # a fresh shuffle each pass
-    assert list(cache.student_minibatches(teacher, passes=0, batch_size=2)) == [] and len(calls) == 2
+    assert list(cache.student_minibatches(teacher, passes=0, minibatches=3)) == [] and len(calls) == 2
 
 
 def test_student_minibatches_chunk_the_teacher_and_share_repeated_rollouts():
@@ -181,13 +181,13 @@ def test_student_minibatches_chunk_the_teacher_and_share_repeated_rollouts():
     teacher = lambda states: calls.append(states.shape[0]) or states.repeat(1, 2)
     big = ObservationCache(1)
     big.append(torch.randn(TARGET_CHUNK + 44, 1))
-    assert sum(len(s) for s, _ in big.student_minibatches(teacher, 1, 100)) == TARGET_CHUNK + 44
+    assert sum(len(s) for s, _ in big.student_minibatches(teacher, 1, 3)) == TARGET_CHUNK + 44
     assert calls == [TARGET_CHUNK, 44]
     calls.clear()
     reference = ObservationCache(4, "reference")
     for _ in range(3):
         reference.append(torch.randn(6, 1))
-    assert len(list(reference.student_minibatches(teacher, 1, 3))) == 3 * 2
+    assert len(list(reference.student_minibatches(teacher, 1, 2))) == 3 * 2
     assert calls == [6]  # three entries, one rollout: its targets once
 
 
