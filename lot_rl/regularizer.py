@@ -47,11 +47,13 @@ def kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0)
 
 def teachability_kl(teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor] | torch.Tensor,
                     temperature: float = 1.0, weights: Sequence[float] | None = None,
-                    detach: bool = True) -> torch.Tensor:
+                    detach: bool = True, symmetric: bool = False) -> torch.Tensor:
     """The teacher's teachability penalty ``sum_i lambda_i * kl(teacher, student_i, T)`` (without alpha).
 
     ``student_logits`` is one tensor or a list (one per student); ``weights`` are the lambda_i (default:
     equal, summing to 1). With ``detach`` (the default, as in the paper) no gradient reaches the students.
+    ``symmetric`` adds the other direction, ``kl(student_i, teacher, T)``, also a gradient of the teacher:
+    the reference's penalty in its ``symmetric_kl``/``symmetric_kl_ce`` variants.
     """
     if isinstance(student_logits, torch.Tensor):
         student_logits = [student_logits]
@@ -60,7 +62,11 @@ def teachability_kl(teacher_logits: torch.Tensor, student_logits: Sequence[torch
     weights = _resolve_weights(weights, len(student_logits))
     total = teacher_logits.new_zeros((), dtype=torch.float32)
     for lam, s in zip(weights, student_logits):
-        total = total + lam * kl(teacher_logits, s.detach() if detach else s, temperature)
+        s = s.detach() if detach else s
+        term = kl(teacher_logits, s, temperature)
+        if symmetric:
+            term = term + kl(s, teacher_logits, temperature)
+        total = total + lam * term
     return total
 
 
@@ -166,9 +172,11 @@ class Students:
         return [self.logits_fn(net, inputs) for net in self.networks]
 
     def penalty(self, teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor],
-                detach: bool = True) -> torch.Tensor:
-        """``sum_i lambda_i kl(teacher, student_i.detach(), T)``: multiply by alpha and add to the task loss."""
-        return teachability_kl(teacher_logits, student_logits, self.temperature, self.weights, detach=detach)
+                detach: bool = True, symmetric: bool = False) -> torch.Tensor:
+        """``sum_i lambda_i kl(teacher, student_i.detach(), T)`` (see :func:`teachability_kl`): multiply by
+        alpha and add to the task loss."""
+        return teachability_kl(teacher_logits, student_logits, self.temperature, self.weights, detach=detach,
+                               symmetric=symmetric)
 
     def imitation_loss(self, student_logits: Sequence[torch.Tensor], teacher_logits: torch.Tensor,
                        variant: str = "kl", labels: torch.Tensor | None = None, **kwargs) -> torch.Tensor:

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from lot_rl.errors import LoTUserError
-from lot_rl.regularizer import (TARGET_CHUNK, ObservationCache, Students, kl, student_loss, teachability_kl,
-                                validate_student_weights)
+from lot_rl.regularizer import (STUDENT_LOSSES, TARGET_CHUNK, ObservationCache, Students, kl, reference_kl_weight,
+                                student_loss, teachability_kl, validate_student_weights)
 
 
 def np_kl(p_logits, q_logits, T):
@@ -61,6 +61,23 @@ def test_teachability_with_weights_sums_students():
     with pytest.raises(LoTUserError, match=r"--student-weights must be >= 0, got \[0.5, -1.0\]"):
         validate_student_weights([0.5, -1.0], 2)
     validate_student_weights([], 3)  # none given: equal weights
+
+
+def test_symmetric_teachability_adds_the_other_direction_for_the_teacher_only():
+    """The reference's symmetric variants: alpha (kl(t, s) + kl(s, t)), both terms the teacher's gradient."""
+    t = torch.randn(6, 4, requires_grad=True)
+    s = torch.randn(6, 4, requires_grad=True)
+    got = teachability_kl(t, [s, s * 2], 1.5, weights=[0.5, 0.5], symmetric=True)
+    want = sum(0.5 * (kl(t, q, 1.5) + kl(q, t, 1.5)) for q in (s.detach(), 2 * s.detach()))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    got.backward()
+    assert s.grad is None
+    torch.testing.assert_close(t.grad, torch.autograd.grad(want, t)[0])
+
+
+def test_reference_kl_weight_is_alpha_beside_cross_entropy_and_one_alone():
+    assert [reference_kl_weight(v, 0.3) for v in STUDENT_LOSSES] == \
+        [1.0 if not v.endswith("_ce") else 0.3 for v in STUDENT_LOSSES]
 
 
 def test_undetached_penalty_gives_students_gradient():

@@ -1,13 +1,16 @@
 """What ``lot-rl cv`` and ``lot-rl lm`` share: options, the LoT supervised step, and the epoch loop.
 
-One teacher step (:meth:`LoTSupervisedTrainer.teacher_step`), as in the LoT reference::
+One teacher step (:meth:`LoTSupervisedTrainer.teacher_step`), as in the LoT reference's ``--loss`` variants::
 
     teacher loss = task CE + alpha * sum_i lambda_i kl(teacher, student_i.detach(), T)
-    student loss = student_loss(student_i, teacher.detach(), variant, labels, kl_weight=alpha)   # kl_ce: CE + alpha KL
+                   (+ alpha * sum_i lambda_i kl(student_i.detach(), teacher, T) in the symmetric variants)
+    student loss = student_loss(student_i, teacher.detach(), variant, labels, kl_weight)
+                   (kl_weight: alpha in kl_ce / symmetric_kl_ce, 1 in kl / symmetric_kl)
 
 both on the same batch, one backward (the two graphs do not touch: each side's target is detached), then
 each network steps its own optimizer. Then N-1 student-only steps (:meth:`student_step`) on further
-training batches, imitating the teacher's eval-mode predictions computed without autograd.
+training batches, imitating the teacher's predictions, computed without autograd by the teacher in train
+mode as in the reference (``--teacher-target-mode eval``: in eval mode).
 
 Every KL comes from :mod:`lot_rl.regularizer`. The tasks (:mod:`.cv`, :mod:`.lm`) only say where batches
 come from and how to evaluate; :func:`fit` runs the epochs, logging, checkpoints, resume and the best-epoch
@@ -35,13 +38,15 @@ from lot_rl import config as cfg_lib
 from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer, rng_state, save_checkpoint,
                                set_rng_state)
 from lot_rl.errors import LoTUserError, require
-from lot_rl.regularizer import (STUDENT_LOSSES, Students, student_loss, validate_lot_options,
+from lot_rl.regularizer import (STUDENT_LOSSES, Students, reference_kl_weight, student_loss, validate_lot_options,
                                 validate_student_weights)
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
 from lot_rl.runtime import autocast_for, keep_freed_memory
 
 BEST_NAME = "best.pt"
 SUMMARY_NAME = "summary.json"
+
+TEACHER_TARGET_MODES = ("train", "eval")
 
 # forward(name, model, inputs) -> logits; name is "teacher" or "student<i>" (lets a task keep per-model state)
 Forward = Callable[[str, nn.Module, torch.Tensor], torch.Tensor]
@@ -77,12 +82,17 @@ class CommonArgs:
     temperature: float = cfg_lib.option(1.5, "softmax temperature T of the KL terms")
     student_loss: str = cfg_lib.option("kl_ce", "student loss variant", choices=STUDENT_LOSSES)
     student_kl_weight: float | None = cfg_lib.option(
-        None, "weight of the student's KL term (default: alpha, as the reference does)")
+        None, "weight of the student's KL term (default as the reference: alpha in kl_ce and symmetric_kl_ce, "
+              "1 in kl and symmetric_kl)")
     student_ce_weight: float = cfg_lib.option(1.0, "weight of the student's CE term in *_ce variants")
+    teacher_target_mode: str = cfg_lib.option(
+        "train", "the teacher's mode when it gives the targets of the student-only steps: train (the reference: "
+                 "dropout on, BatchNorm batch statistics, its running statistics updated) or eval (no dropout, "
+                 "running statistics; the teacher left untouched)", choices=TEACHER_TARGET_MODES)
 
 
 LOT_FIELDS = ("alpha", "num_students", "student_weights", "student_steps_ratio", "temperature", "student_loss",
-              "student_kl_weight", "student_ce_weight")
+              "student_kl_weight", "student_ce_weight", "teacher_target_mode")
 EXPERIMENT_FIELDS = ("exp_name", "seed", "device", "run_dir", "run_name", "data_dir", "threads", "precision")
 
 
@@ -98,6 +108,9 @@ def validate_common(args: CommonArgs) -> None:
             f"--student-kl-weight must be >= 0, got {args.student_kl_weight}")
     require(args.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     require(args.student_ce_weight >= 0, f"--student-ce-weight must be >= 0, got {args.student_ce_weight}")
+    require(args.teacher_target_mode in TEACHER_TARGET_MODES,
+            f"unknown --teacher-target-mode {args.teacher_target_mode!r}; choose one of "
+            f"{', '.join(TEACHER_TARGET_MODES)}")
 
 
 def seed_everything(seed: int, threads: int = 0) -> None:
@@ -156,10 +169,18 @@ class LoTSettings:
     student_kl_weight: float | None = None
     student_ce_weight: float = 1.0
     teacher_max_grad_norm: float | None = None
+    teacher_target_mode: str = "train"
 
     @property
     def kl_weight(self) -> float:
-        return self.alpha if self.student_kl_weight is None else self.student_kl_weight
+        """The student's KL weight: ``student_kl_weight``, or the reference's (alpha beside CE, else 1)."""
+        if self.student_kl_weight is not None:
+            return self.student_kl_weight
+        return reference_kl_weight(self.student_loss, self.alpha)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.student_loss.startswith("symmetric")
 
 
 def _correct(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> tuple[float, int]:
@@ -196,7 +217,7 @@ class LoTSupervisedTrainer:
         loss = task_loss
         stats: dict[str, float] = {}
         if len(self.students):
-            penalty = self.students.penalty(teacher_logits, student_logits)
+            penalty = self.students.penalty(teacher_logits, student_logits, symmetric=s.symmetric)
             if s.alpha > 0:
                 loss = loss + s.alpha * penalty
             stats["lot/teacher_kl"] = float(penalty.detach())
@@ -225,13 +246,14 @@ class LoTSupervisedTrainer:
         return stats, teacher_logits.detach()
 
     def student_step(self, inputs: torch.Tensor, labels: torch.Tensor, forward: Forward = plain_forward) -> float:
-        """One student-only step: every student imitates the teacher's eval-mode predictions on ``inputs``.
+        """One student-only step: every student imitates the teacher's predictions on ``inputs``.
 
-        The teacher runs without autograd and in eval mode (no dropout, BatchNorm running statistics), so
-        these steps leave it untouched. Returns the mean student loss.
+        The teacher runs without autograd (its weights never change here) in ``teacher_target_mode``: in
+        train mode, as the reference, its dropout is on and its BatchNorm layers use and update batch
+        statistics; in eval mode it is left untouched. Returns the mean student loss.
         """
         s = self.settings
-        self.teacher.eval()
+        self.teacher.train(s.teacher_target_mode == "train")
         with torch.no_grad(), self.autocast():
             target = forward("teacher", self.teacher, inputs)
         self.teacher.train()
@@ -283,7 +305,7 @@ def make_trainer(args: CommonArgs, make_model: Callable[[str], nn.Module],
                         weights=args.student_weights or None, temperature=args.temperature,
                         max_grad_norm=student_max_grad_norm)
     settings = LoTSettings(args.alpha, args.temperature, args.student_loss, args.student_kl_weight,
-                           args.student_ce_weight, teacher_max_grad_norm)
+                           args.student_ce_weight, teacher_max_grad_norm, args.teacher_target_mode)
     return LoTSupervisedTrainer(teacher, optimizer, scheduler, students, settings,
                                 autocast_for(device, args.precision))
 
