@@ -343,3 +343,27 @@ def test_cv_unknown_loss_in_config_file_and_corrupt_checkpoint(tmp_path, capsys)
         (tmp_path / "d" / "cifar-10-batches-py" / "test_batch").write_bytes(
             __import__("pickle").dumps({b"data": torch.zeros(2, 5).numpy(), b"labels": [0, 1]}))
         train_cv(tiny_args(tmp_path, data_dir=str(tmp_path / "d")))
+
+
+# ---------------------------------------------------------------------------------------------------- the reference
+
+
+# The reference's CIFAR run (run/run_image_classification_LoT.sh with trainer/image_classification.py).
+REFERENCE_CIFAR = dict(depth=20, student_depth=None, width=16, epochs=180, batch_size=256, learning_rate=1.0,
+                       momentum=0.9, weight_decay=1e-4, alpha=0.5, num_students=1, student_steps_ratio=2,
+                       temperature=1.5, student_loss="kl_ce", teacher_target_mode="train",
+                       student_lr_schedule="cosine", crop_padding=None, flip=None)
+
+
+@pytest.mark.parametrize("preset", ["cifar10", "cifar100", "cifar"])
+def test_cifar_presets_are_the_reference_run(preset):
+    """Issue 12: the presets named after the reference hold its settings, its learning rate 1.0 included; the
+    usual 0.1 has presets of its own."""
+    from lot_rl import config as cfg_lib
+    from lot_rl.supervised.cv import PRESETS
+
+    args = cfg_lib.resolve(CVArgs, {}, PRESETS, preset)
+    assert {name: getattr(args, name) for name in REFERENCE_CIFAR} == REFERENCE_CIFAR
+    assert args.dataset == ("cifar100" if preset == "cifar100" else "cifar10")
+    lower = cfg_lib.resolve(CVArgs, {}, PRESETS, f"{args.dataset}-lr0.1")
+    assert {name: getattr(lower, name) for name in REFERENCE_CIFAR} == {**REFERENCE_CIFAR, "learning_rate": 0.1}

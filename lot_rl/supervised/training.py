@@ -47,6 +47,7 @@ BEST_NAME = "best.pt"
 SUMMARY_NAME = "summary.json"
 
 TEACHER_TARGET_MODES = ("train", "eval")
+STUDENT_LR_SCHEDULES = ("cosine", "plateau")
 
 # forward(name, model, inputs) -> logits; name is "teacher" or "student<i>" (lets a task keep per-model state)
 Forward = Callable[[str, nn.Module, torch.Tensor], torch.Tensor]
@@ -89,10 +90,17 @@ class CommonArgs:
         "train", "the teacher's mode when it gives the targets of the student-only steps: train (the reference: "
                  "dropout on, BatchNorm batch statistics, its running statistics updated) or eval (no dropout, "
                  "running statistics; the teacher left untouched)", choices=TEACHER_TARGET_MODES)
+    student_lr_schedule: str = cfg_lib.option(
+        "cosine", "cosine: the students follow the teacher's schedule; plateau: the reference's LSTM students "
+                  "(lstm_ptb.py), a constant learning rate times --student-lr-decay after each epoch where the "
+                  "models' summed validation perplexity and the student's own validation loss both got worse",
+        choices=STUDENT_LR_SCHEDULES)
+    student_lr_decay: float = cfg_lib.option(0.25, "factor of a plateau decay (--student-lr-schedule plateau)")
 
 
 LOT_FIELDS = ("alpha", "num_students", "student_weights", "student_steps_ratio", "temperature", "student_loss",
-              "student_kl_weight", "student_ce_weight", "teacher_target_mode")
+              "student_kl_weight", "student_ce_weight", "teacher_target_mode", "student_lr_schedule",
+              "student_lr_decay")
 EXPERIMENT_FIELDS = ("exp_name", "seed", "device", "run_dir", "run_name", "data_dir", "threads", "precision")
 
 
@@ -108,6 +116,10 @@ def validate_common(args: CommonArgs) -> None:
             f"--student-kl-weight must be >= 0, got {args.student_kl_weight}")
     require(args.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     require(args.student_ce_weight >= 0, f"--student-ce-weight must be >= 0, got {args.student_ce_weight}")
+    require(args.student_lr_schedule in STUDENT_LR_SCHEDULES,
+            f"unknown --student-lr-schedule {args.student_lr_schedule!r}; choose one of "
+            f"{', '.join(STUDENT_LR_SCHEDULES)}")
+    require(0 < args.student_lr_decay <= 1, f"--student-lr-decay must be in (0, 1], got {args.student_lr_decay}")
     require(args.teacher_target_mode in TEACHER_TARGET_MODES,
             f"unknown --teacher-target-mode {args.teacher_target_mode!r}; choose one of "
             f"{', '.join(TEACHER_TARGET_MODES)}")
@@ -170,6 +182,8 @@ class LoTSettings:
     student_ce_weight: float = 1.0
     teacher_max_grad_norm: float | None = None
     teacher_target_mode: str = "train"
+    student_lr_schedule: str = "cosine"
+    student_lr_decay: float = 0.25
 
     @property
     def kl_weight(self) -> float:
@@ -199,6 +213,9 @@ class LoTSupervisedTrainer:
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.teacher, self.optimizer, self.scheduler = teacher, optimizer, scheduler
         self.students, self.settings, self.autocast = students, settings, autocast
+        # --student-lr-schedule plateau: each model's best validation loss, each student's learning-rate factor
+        self.best_val_losses: dict[str, float] = {}
+        self.student_lr_factors = [1.0] * len(students)
 
     def teacher_step(self, inputs: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor | None = None,
                      forward: Forward = plain_forward) -> tuple[dict[str, float], torch.Tensor]:
@@ -271,9 +288,29 @@ class LoTSupervisedTrainer:
         self.scheduler.step()
         self.students.scheduler_step()
 
+    def end_epoch(self, metrics: dict[str, float]) -> None:
+        """After an epoch's validation (``metrics`` holds ``<model>/val_loss``): with the plateau schedule,
+        multiply a student's learning rate by ``student_lr_decay`` if the summed validation perplexity of all
+        the models is worse than the sum of their bests and the student's own validation loss is worse than
+        its best (the reference's lstm_ptb.py); then update the bests."""
+        if self.settings.student_lr_schedule != "plateau":
+            return
+        losses = {name: metrics[f"{name}/val_loss"] for name in self.models()}
+        best = self.best_val_losses
+        if best:
+            perplexity = lambda loss: math.exp(min(loss, 50.0))
+            worse = sum(map(perplexity, best.values())) < sum(map(perplexity, losses.values()))
+            for i, opt in enumerate(self.students.optimizers):
+                if worse and best[f"student{i}"] < losses[f"student{i}"]:
+                    self.student_lr_factors[i] *= self.settings.student_lr_decay
+                    for group in opt.param_groups:
+                        group["lr"] *= self.settings.student_lr_decay
+        self.best_val_losses = {name: min(loss, best.get(name, math.inf)) for name, loss in losses.items()}
+
     def state_dict(self) -> dict[str, Any]:
         return {"teacher": self.teacher.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "students": self.students.state_dict()}
+                "scheduler": self.scheduler.state_dict(), "students": self.students.state_dict(),
+                "best_val_losses": dict(self.best_val_losses), "student_lr_factors": list(self.student_lr_factors)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` saved; the optimizers keep their hyperparameters (the options of
@@ -285,6 +322,12 @@ class LoTSupervisedTrainer:
         except (RuntimeError, ValueError) as exc:  # another architecture: torch's many-line message
             raise LoTUserError(f"the networks of these options do not fit the saved networks (a model option "
                                f"changed on resume?): {str(exc).splitlines()[0]}") from exc
+        self.best_val_losses = dict(state.get("best_val_losses", {}))
+        self.student_lr_factors = list(state.get("student_lr_factors", self.student_lr_factors))
+        if self.settings.student_lr_schedule == "plateau":  # the decays so far, on the configured rate
+            for factor, opt in zip(self.student_lr_factors, self.students.optimizers):
+                for group in opt.param_groups:
+                    group["lr"] *= factor
 
     def models(self) -> dict[str, nn.Module]:
         """``{"teacher": ..., "student0": ..., ...}``."""
@@ -300,12 +343,14 @@ def make_trainer(args: CommonArgs, make_model: Callable[[str], nn.Module],
     teacher = make_model("teacher").to(device)
     optimizer = make_optimizer(teacher.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    cosine = args.student_lr_schedule == "cosine"  # plateau: constant, decayed by end_epoch
     students = Students([make_model("student").to(device) for _ in range(args.num_students)], make_optimizer,
-                        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                        (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor)) if cosine else None,
                         weights=args.student_weights or None, temperature=args.temperature,
                         max_grad_norm=student_max_grad_norm)
     settings = LoTSettings(args.alpha, args.temperature, args.student_loss, args.student_kl_weight,
-                           args.student_ce_weight, teacher_max_grad_norm, args.teacher_target_mode)
+                           args.student_ce_weight, teacher_max_grad_norm, args.teacher_target_mode,
+                           args.student_lr_schedule, args.student_lr_decay)
     return LoTSupervisedTrainer(teacher, optimizer, scheduler, students, settings,
                                 autocast_for(device, args.precision))
 
@@ -446,7 +491,10 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
                 for key, value in sample_weighting.epoch_metrics().items():
                     scalars.setdefault(key, value)  # a task wrapper may have logged them already
             scalars.update(task.evaluate(trainer, "val"))
+            trainer.end_epoch(scalars)
             scalars["charts/learning_rate"] = trainer.optimizer.param_groups[0]["lr"]
+            if len(trainer.students):
+                scalars["charts/student_learning_rate"] = trainer.students.optimizers[0].param_groups[0]["lr"]
             scalars["charts/epoch_seconds"] = time.time() - epoch_start
             scalars["charts/teacher_steps"] = global_step
             logger.log(epoch, scalars)
