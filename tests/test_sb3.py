@@ -502,6 +502,30 @@ def test_load_without_cache_or_with_a_smaller_cache(tmp_path):
         LoTCallback.load(tmp_path / "missing")
 
 
+def test_a_reloaded_run_with_another_n_envs_restarts_the_cache_with_real_rollouts(tmp_path):
+    """Issue 12, bug 1, as SB3 users meet it: LoTCallback.load on a model loaded with another n_envs kept the old
+    count of cache entries over a reallocated buffer, and the students imitated uninitialised memory."""
+    model = PPO("MlpPolicy", cartpole(2), n_steps=16, batch_size=16, n_epochs=1, seed=15, device="cpu")
+    lot = LoTCallback(student_steps_ratio=1, obs_num=3)
+    model.learn(2 * 32, callback=lot)
+    model.save(tmp_path / "m")
+    lot.save(tmp_path / "m")
+    model = PPO.load(tmp_path / "m", env=cartpole(4), device="cpu")
+    lot = LoTCallback.load(tmp_path / "m")
+    rollouts = []
+
+    class KeepRollouts(BaseCallback):
+        def _on_rollout_end(self) -> None:
+            rollouts.append(torch.as_tensor(self.model.rollout_buffer.observations.reshape(-1, 4)).clone())
+
+        def _on_step(self) -> bool:
+            return True
+
+    model.learn(64, callback=CallbackList([KeepRollouts(), lot]), reset_num_timesteps=False)
+    entries = lot.cache.entries()
+    assert len(lot.cache) == len(entries) == 1 and torch.equal(entries[0], rollouts[-1])
+
+
 def test_the_earlier_option_name_is_still_accepted(tmp_path):
     assert LoTCallback(imitate_on_teacher_batches=False).student_on_ppo_batches is False
     with pytest.raises(TypeError, match="unexpected keyword argument 'imitate'"):
