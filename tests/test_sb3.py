@@ -76,6 +76,20 @@ class Recorder(BaseCallback):
         return True
 
 
+class KeepRollouts(BaseCallback):
+    """Keeps a copy of every rollout's observations, one row per state (CartPole), as the cache stores them."""
+
+    def __init__(self):
+        super().__init__()
+        self.rollouts: list[torch.Tensor] = []
+
+    def _on_rollout_end(self) -> None:
+        self.rollouts.append(torch.as_tensor(self.model.rollout_buffer.observations.reshape(-1, 4)).clone())
+
+    def _on_step(self) -> bool:
+        return True
+
+
 def sharpen(model, lot):
     """Make teacher and students disagree clearly, so that the penalty matters in the gradient."""
     with torch.no_grad():
@@ -224,18 +238,11 @@ def test_a_companion_file_with_student_batch_size_loads_with_a_warning(tmp_path)
 def test_student_phase_is_n_passes_of_imitation_over_the_cached_rollouts():
     torch.manual_seed(2)
     model = PPO("MlpPolicy", cartpole(), n_steps=16, batch_size=8, n_epochs=1, seed=2, device="cpu")
-    rollouts = []
-
-    class KeepRollouts(BaseCallback):
-        def _on_rollout_end(self) -> None:
-            rollouts.append(torch.as_tensor(self.model.rollout_buffer.observations.reshape(-1, 4)).clone())
-
-        def _on_step(self) -> bool:
-            return True
-
+    keep = KeepRollouts()
+    rollouts = keep.rollouts
     lot = LoTCallback(alpha=0.5, num_students=2, student_steps_ratio=3, obs_num=2,
                       student_on_ppo_batches=False)
-    model.learn(3 * 32, callback=CallbackList([KeepRollouts(), lot]))
+    model.learn(3 * 32, callback=CallbackList([keep, lot]))
     # The cache holds real copies of the last obs_num rollouts, oldest first.
     assert lot.updates == 3 and len(lot.cache) == 2
     for cached, kept in zip(lot.cache.entries(), rollouts[-2:]):
@@ -512,18 +519,10 @@ def test_a_reloaded_run_with_another_n_envs_restarts_the_cache_with_real_rollout
     lot.save(tmp_path / "m")
     model = PPO.load(tmp_path / "m", env=cartpole(4), device="cpu")
     lot = LoTCallback.load(tmp_path / "m")
-    rollouts = []
-
-    class KeepRollouts(BaseCallback):
-        def _on_rollout_end(self) -> None:
-            rollouts.append(torch.as_tensor(self.model.rollout_buffer.observations.reshape(-1, 4)).clone())
-
-        def _on_step(self) -> bool:
-            return True
-
-    model.learn(64, callback=CallbackList([KeepRollouts(), lot]), reset_num_timesteps=False)
+    keep = KeepRollouts()
+    model.learn(64, callback=CallbackList([keep, lot]), reset_num_timesteps=False)
     entries = lot.cache.entries()
-    assert len(lot.cache) == len(entries) == 1 and torch.equal(entries[0], rollouts[-1])
+    assert len(lot.cache) == len(entries) == 1 and torch.equal(entries[0], keep.rollouts[-1])
 
 
 def test_the_earlier_option_name_is_still_accepted(tmp_path):
