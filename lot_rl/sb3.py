@@ -414,18 +414,17 @@ class LoTCallback(BaseCallback):
         self._teacher_kl_sum += float(teachability.detach())
         self._teacher_batches += 1
         extra = self.alpha * teachability if self.alpha > 0 else None
-        counters = (self._penalty_backward_calls,) if extra is not None else ()
+        counters = (self._penalty_backward_calls,)
         if self.student_on_ppo_batches:
             # Students imitate the teacher on the same minibatch (the teacher's logits are detached); the
             # loss rides on SB3's backward, the step waits until that backward has run.
             imitation = students.imitation_loss(student_logits, teacher_logits)
             extra = imitation if extra is None else extra + imitation
             self._unsettled = (_Count(), float(imitation.detach()) / len(students))
-            counters = counters + (self._unsettled[0],)
+            counters += (self._unsettled[0],)
         if extra is not None:
             log_prob = _AttachPenalty.apply(log_prob, extra, counters)
-            if self.alpha > 0:
-                self._penalties_attached += 1
+            self._penalties_attached += 1
         return values, log_prob, entropy
 
     def _settle_student_step(self) -> None:
@@ -472,7 +471,7 @@ class LoTCallback(BaseCallback):
         # evaluate_actions' log_prob would never call _AttachPenalty.backward.
         if self._penalties_attached and not self._penalty_backward_calls.count:
             raise RuntimeError(
-                f"LoTCallback: the teachability penalty was added to {self._penalties_attached} minibatches but "
+                f"LoTCallback: the LoT terms were added to {self._penalties_attached} minibatches but "
                 f"never reached {type(self.model).__name__}.train()'s backward pass; this stable-baselines3 "
                 f"{stable_baselines3.__version__} differs from the tested 2.9 (see lot_rl/sb3.py)")
 
