@@ -3,13 +3,18 @@
 Read top to bottom: options, networks, then :func:`train` in the order things happen: rollout, GAE, the PPO
 update (with the teachability penalty), the student phase, logging and checkpoints. The LoT additions are
 marked ``# LoT:``; their math comes from :mod:`lot_rl.regularizer`, so this file shows *when* things
-happen and the regularizer says *what* they are. With ``--alpha 0 --num-students 0`` this is CleanRL's PPO.
+happen and the regularizer says *what* they are.
 
-    lot-rl train                                   # LoT, the paper's settings, on Breakout
-    lot-rl train --preset ppo                      # CleanRL's PPO (teacher only)
+    lot-rl train                                   # LoT as the paper states it (the defaults), on Breakout
+    lot-rl train --preset reference                # LoT as the reference code ran it (its cache aliasing...)
+    lot-rl train --preset cleanrl                  # CleanRL's ppo_atari.py, gradient for gradient
+    lot-rl train --preset ppo                      # CleanRL's PPO settings on our faster env and layout
     lot-rl train --preset paper --alpha 0 --num-students 0   # the paper's teacher-only baseline
     lot-rl train --resume runs/<run-name>          # continue a run from its checkpoint
     lot-rl train --track --capture-video           # to Weights & Biases, with videos of env 0's games
+
+``--alpha 0 --num-students 0`` alone is *not* CleanRL's PPO: the defaults anneal the learning rate by a cosine
+and run the native ALE env (``docs/reference.md`` lists every difference).
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ import torch.nn as nn
 from torch.distributions.categorical import Categorical
 
 from lot_rl import config as cfg_lib
-from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint,
-                               set_rng_state)
+from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer, rng_state,
+                               save_checkpoint, set_rng_state)
 from lot_rl.envs import make_env, parse_env_id, video_frame
 from lot_rl.envs.atari import BACKENDS, get_env_state, set_env_state, supports_state
 from lot_rl.errors import LoTUserError, require
@@ -43,6 +48,9 @@ from lot_rl.video import EpisodeRecorder, training_schedule
 
 CHECKPOINT_KIND = "atari-ppo-lot"
 STUDENT_ARCHS = ("nature", "small")
+# Options a resumed run cannot change (every other option given with --resume is applied).
+RESUME_FIXED = {**cfg_lib.FIXED_ON_RESUME,
+                "student_arch": "the saved students have the other architecture; start a new run"}
 
 
 @dataclass
@@ -70,6 +78,9 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
     full_action_space: bool = cfg_lib.option(False, "Atari only: use all 18 Atari actions")
     env_threads: int = cfg_lib.option(0, "Atari only: threads of the native vector env (0: one per env up to "
                                       "the cores)")
+    max_episode_frames: int | None = cfg_lib.option(
+        None, "frames before a game is truncated (default: 108,000 on Atari, 30 minutes, the standard; none on "
+        "MinAtar, its protocol; the reference's old gym: 400,000)")
     # --- PPO (the teacher)
     total_timesteps: int = cfg_lib.option(20_000_000, "total environment steps (agent steps, all envs)")
     learning_rate: float = cfg_lib.option(2.5e-4, "Adam learning rate of the teacher")
@@ -101,7 +112,9 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
                                      "reference's aliasing (every entry is the latest rollout)",
                                      choices=ObservationCache.MODES)
     temperature: float = cfg_lib.option(1.0, "softmax temperature T of the KL terms")
-    detach: bool = cfg_lib.option(True, "detach student logits in the teacher's penalty (no gradient to students)")
+    detach: bool = cfg_lib.option(True, "each network's KL target is fixed; --no-detach (the reference's --detach 0): "
+                                  "the penalty also trains the students and their imitation also trains the "
+                                  "teacher, on the PPO minibatches")
     lot_start: float = cfg_lib.option(0.0, "fraction of training before the penalty starts (it is always off "
                                       "in the first update, whose students are untrained)")
     student_arch: str = cfg_lib.option("nature", "student network: nature (the teacher's: the Nature CNN on Atari, "
@@ -113,6 +126,8 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
     student_max_grad_norm: float = cfg_lib.option(0.5, "gradient-norm clip of each student")
     student_on_ppo_batches: bool = cfg_lib.option(True, "also train students on every PPO minibatch (as the "
                                                   "reference does)")
+    student_minibatches: int = cfg_lib.option(4, "minibatches per cached rollout in the student phase (the "
+                                              "reference: its PPO's 4, i.e. 256 states)")
     # --- speed
     precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on "
                                     "AVX2-only CPUs)", choices=("fp32", "bf16"))
@@ -138,12 +153,25 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The LoT reference's settings (the defaults above).
+    # LoT as the paper states it (the defaults above): its run script's settings, a cache of the last obs_num
+    # *distinct* rollouts, and our fast native env. See docs/reference.md for how it differs from `reference`.
     "paper": dict(total_timesteps=20_000_000, lr_schedule="cosine", final_lr=2.5e-6, alpha=0.5,
                   num_students=1, student_steps_ratio=5, obs_num=10, temperature=1.0, student_weight_decay=1e-4),
-    # CleanRL's ppo_atari.py: teacher only, linear annealing to 0, 10M steps.
+    # LoT as the reference code ran it (trainer/atari_games.py and its run script): the paper's settings plus
+    # its cache aliasing (every cache entry is the latest rollout), CleanRL's wrappers, its seed 0, NCHW, and
+    # old gym's 400,000-frame cap. Alpha is 0 in the first update here as in every preset.
+    "reference": dict(total_timesteps=20_000_000, lr_schedule="cosine", final_lr=2.5e-6, alpha=0.5,
+                      num_students=1, student_steps_ratio=5, obs_num=10, temperature=1.0,
+                      student_weight_decay=1e-4, cache_mode="reference", env_backend="gymnasium", seed=0,
+                      channels_last=False, max_episode_frames=400_000),
+    # CleanRL's ppo_atari.py settings, teacher only (linear annealing to 0, 10M steps), on our defaults'
+    # native env and channels-last layout: fast, but not CleanRL's environment (see `cleanrl`).
     "ppo": dict(total_timesteps=10_000_000, lr_schedule="linear", alpha=0.0, num_students=0,
                 student_steps_ratio=0),
+    # CleanRL's ppo_atari.py exactly: `ppo` with CleanRL's wrappers and NCHW. Same environment step for step,
+    # same gradients bit for bit on the same minibatch (tests/test_ppo_lot_atari.py).
+    "cleanrl": dict(total_timesteps=10_000_000, lr_schedule="linear", alpha=0.0, num_students=0,
+                    student_steps_ratio=0, env_backend="gymnasium", channels_last=False),
 }
 # MinAtar: PureJaxRL's PPO for MinAtar (examples/brax_minatar.ipynb in luchris429/purejaxrl, "tuned to do well on
 # Gymnax's MinAtar environments"): 64 envs x 128 steps, 4 epochs x 8 minibatches, Adam 5e-3 annealed linearly to
@@ -153,6 +181,8 @@ MINATAR_PPO: dict[str, Any] = dict(
     env_id="MinAtar/Breakout-v1", total_timesteps=5_000_000, num_envs=64, num_steps=128, num_minibatches=8,
     update_epochs=4, learning_rate=5e-3, lr_schedule="linear", clip_coef=0.2, ent_coef=0.01, vf_coef=0.5,
     max_grad_norm=0.5, gamma=0.99, gae_lambda=0.95, clip_rewards=False,
+    # The students imitate in minibatches of the PPO minibatches' size (1,024), as on Atari (256: 4 per rollout).
+    student_minibatches=8,
     # CPU speed, measured (docs/minatar.md): NCHW and one torch thread are faster for this small network, and
     # denormals flushed keep the students' steps from slowing down 20x after a few updates.
     channels_last=False, threads=1, flush_denormals=True)
@@ -168,18 +198,22 @@ OPTION_GROUPS = {**{n: "experiment" for n in ("exp_name", "seed", "torch_determi
                                                "run_name", "save_every", "capture_video", "video_every",
                                                *TRACKING_FIELDS)},
                  **{n: "environment" for n in ("env_id", "env_backend", "num_envs", "repeat_action_probability",
-                                                "full_action_space", "env_threads")},
+                                                "full_action_space", "env_threads", "max_episode_frames")},
                  **{n: "LoT" for n in ("alpha", "num_students", "student_weights", "student_steps_ratio",
                                         "obs_num", "cache_mode", "temperature", "detach", "lot_start",
                                         "student_arch", "student_lr", "student_weight_decay",
-                                        "student_max_grad_norm", "student_on_ppo_batches")},
+                                        "student_max_grad_norm", "student_on_ppo_batches",
+                                        "student_minibatches")},
                  **{n: "speed" for n in ("precision", "channels_last", "threads", "flush_denormals")}}
 
 
 def validate_args(args: Args) -> None:
     """Every option's domain, checked before anything is built."""
-    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "save_every"):
+    for name in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "total_timesteps", "save_every",
+                 "student_minibatches"):
         require(getattr(args, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require(args.max_episode_frames is None or args.max_episode_frames >= 1,
+            f"--max-episode-frames must be >= 1, got {args.max_episode_frames}")
     require(args.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     require(args.video_every >= 0, f"--video-every must be >= 0 (0: CleanRL's schedule), got {args.video_every}")
     require(args.batch_size % args.num_minibatches == 0,
@@ -191,6 +225,8 @@ def validate_args(args: Args) -> None:
     require(0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
     require(args.clip_coef > 0, f"--clip-coef must be > 0, got {args.clip_coef}")
     require(0.0 <= args.lot_start <= 1.0, f"--lot-start is a fraction of training in [0, 1], got {args.lot_start}")
+    require(args.student_lr is None or args.student_lr > 0,
+            f"--student-lr must be > 0 (leave it out to follow --learning-rate), got {args.student_lr}")
     validate_lot_options(args.alpha, args.num_students, args.temperature, args.student_steps_ratio)
     validate_student_weights(args.student_weights, args.num_students)
     validate_cache_options(args.obs_num, args.cache_mode)
@@ -308,7 +344,7 @@ class StudentPolicy(nn.Module):
 def make_students(args: Args, num_actions: int, device: torch.device, lr_lambda,
                   obs_shape: tuple[int, ...] = ATARI_FRAMES) -> Students:
     """K students, each with Adam (weight decay) on the teacher's learning-rate schedule."""
-    student_lr = args.student_lr or args.learning_rate
+    student_lr = args.learning_rate if args.student_lr is None else args.student_lr
     networks = [StudentPolicy(num_actions, args.student_arch, obs_shape).to(device)
                 for _ in range(args.num_students)]
     if args.channels_last:
@@ -383,7 +419,8 @@ def lot_ppo_loss(agent: Agent, students: Students, obs, actions, old_logprobs, a
 
     ``ppo_loss + alpha_now * sum_i lambda_i kl(teacher, student_i.detach(), T)`` (the teacher's part) plus,
     with ``--student-on-ppo-batches``, ``sum_i kl(student_i, teacher.detach(), T)`` (the students' part,
-    which reaches only the students). Each network is then clipped and stepped with its own optimizer,
+    which reaches only the students). With ``--no-detach`` neither target is detached, as in the
+    reference's ``--detach 0``: each part reaches both sides. Each network is then clipped and stepped with its own optimizer,
     which equals separate updates. ``alpha_now`` is the alpha in force this update (0 while the penalty is
     off); ``args.alpha`` is not read here. Returns (loss, stats) with ``teacher_kl``/``student_kl`` when
     present.
@@ -399,8 +436,9 @@ def lot_ppo_loss(agent: Agent, students: Students, obs, actions, old_logprobs, a
         stats["teacher_kl"] = penalty.detach()
         loss = loss + alpha_now * penalty
         if args.student_on_ppo_batches:
-            # LoT: the students imitate the teacher on this minibatch too (the reference does)
-            imitation = students.imitation_loss(student_logits, teacher_logits)
+            # LoT: the students imitate the teacher on this minibatch too (the reference does); with
+            # --no-detach this loss reaches the teacher as well, as the reference's --detach 0 does
+            imitation = students.imitation_loss(student_logits, teacher_logits, detach=args.detach)
             stats["student_kl"] = imitation.detach() / len(students)
             loss = loss + imitation
     return loss, stats
@@ -447,6 +485,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         saved = checkpoint["config"]
         require(parse_env_id(saved["env_id"]).key == game.key,
                 f"checkpoint {checkpoint['path']} is from {saved['env_id']}, not {args.env_id}")
+        cfg_lib.require_unchanged_on_resume(args, saved, RESUME_FIXED)
 
     # Seeding (CleanRL)
     random.seed(args.seed)
@@ -457,7 +496,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     envs = make_env(args.env_id, args.num_envs, args.seed, backend=args.env_backend,
                     repeat_action_probability=args.repeat_action_probability,
                     full_action_space=args.full_action_space, num_threads=args.env_threads,
-                    video_frames=args.capture_video)
+                    max_episode_frames=args.max_episode_frames, video_frames=args.capture_video)
     num_actions = int(envs.single_action_space.n)
     obs_shape = envs.single_observation_space.shape  # the networks follow it: Atari frames or MinAtar grids
     if checkpoint is not None:
@@ -497,8 +536,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     next_done = torch.zeros(args.num_envs, device=device)
     if checkpoint is not None:
         agent.load_state_dict(checkpoint["agent"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        # Options given with --resume win: the optimizers keep the hyperparameters built from them.
+        restore_optimizer(optimizer, checkpoint["optimizer"], scheduler, checkpoint["scheduler"])
         students.load_state_dict(checkpoint["students"])
         cache.load_state_dict({**checkpoint["cache"], "entries": [e.to(device) for e in checkpoint["cache"]["entries"]]})
         global_step, start_update = checkpoint["global_step"], checkpoint["update"] + 1
@@ -666,7 +705,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
 
 
 def student_phase(agent: Agent, students: Students, cache: ObservationCache, args: Args, autocast) -> list[float]:
-    """N passes over the cache; per cached rollout, ``num_minibatches`` shuffled imitation minibatches.
+    """N passes over the cache; per cached rollout, ``student_minibatches`` shuffled imitation minibatches.
 
     The cache hands out each minibatch with the teacher's targets, computed once per distinct cached
     rollout: the teacher does not change during the phase. Returns each step's mean student loss.
@@ -677,7 +716,7 @@ def student_phase(agent: Agent, students: Students, cache: ObservationCache, arg
 
     losses = []
     for mb_obs, mb_targets in cache.student_minibatches(teacher_logits, args.student_steps_ratio,
-                                                        args.minibatch_size):
+                                                        args.student_minibatches):
         if args.channels_last:
             mb_obs = mb_obs.contiguous(memory_format=torch.channels_last)
         with autocast():
@@ -699,10 +738,11 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "train") ->
     parser.description = ("Train a PPO teacher with LoT students on an Atari or MinAtar game. Without options: "
                           "LoT with the paper's settings on Breakout.")
     cfg_lib.add_run_options(parser, Args, PRESETS, group_of=OPTION_GROUPS,
-                            preset_help="paper: the LoT reference's settings (the defaults); ppo: CleanRL's PPO, "
-                                        "teacher only; minatar-ppo: PureJaxRL's MinAtar PPO, teacher only, on "
-                                        "MinAtar/Breakout-v1; minatar: the same PPO with LoT at the paper's "
-                                        "settings")
+                            preset_help="paper: LoT as the paper states it (the defaults); reference: LoT as the "
+                                        "reference code ran it; cleanrl: CleanRL's ppo_atari.py exactly; ppo: "
+                                        "CleanRL's settings on our faster env and layout; minatar-ppo: PureJaxRL's "
+                                        "MinAtar PPO, teacher only, on MinAtar/Breakout-v1; minatar: the same PPO "
+                                        "with LoT at the paper's settings")
 
 
 def run_command(ns: argparse.Namespace, command: str = "train") -> int:

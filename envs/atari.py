@@ -16,11 +16,20 @@ observation is already the first one of the next episode, as PPO's rollout expec
 
 Two backends build the same pipeline:
 
-- ``"ale"`` (default, fast): ale-py's native C++ ``AtariVectorEnv`` stepping all envs in threads.
-  Difference from CleanRL, documented: after a life loss the game simply continues (no extra no-op/fire
-  reset step as CleanRL's EpisodicLifeEnv + FireResetEnv do); the agent learns to press FIRE.
-- ``"gymnasium"``: ``gymnasium.make`` plus SB3's Atari wrappers (the ones CleanRL uses) in a
-  ``SyncVectorEnv``; needed for game modes/difficulties and RGB rendering (videos), and for parity checks.
+- ``"ale"`` (default, fast): ale-py's native C++ ``AtariVectorEnv`` stepping all envs in threads. It
+  differs from CleanRL after a life loss (tested in ``tests/test_atari_envs.py``): it reports the
+  termination and the game runs on, with no hidden steps; the frame stack keeps the frames around the
+  life loss, and in games that wait for FIRE (Breakout) the ball stays put until the agent presses it.
+  CleanRL's EpisodicLifeEnv + FireResetEnv instead take NOOP, FIRE and action 2 inside the reset (12
+  emulator frames the agent never sees) and restart the stack with four copies of the frame after them.
+  ale-py 0.12's options cannot do that: ``episodic_life=True`` restarts the whole game at every life
+  loss (lives back to 5), and one env of the vector cannot be stepped alone.
+  Its grayscale and resize run in the other order (gray, then resize) than CleanRL's, so pixels differ
+  by rounding.
+- ``"gymnasium"``: ``gymnasium.make`` plus SB3's Atari wrappers in CleanRL's order, frames turned gray as
+  CleanRL's gymnasium 0.29 did (:func:`luminance_grayscale`), in a ``SyncVectorEnv``: the same
+  observations, rewards and terminations as CleanRL's ``make_env`` for the same seed and actions (tested);
+  needed for game modes/difficulties and RGB rendering (videos), and for parity runs.
 """
 
 from __future__ import annotations
@@ -197,11 +206,25 @@ def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, m
         if "FIRE" in env.unwrapped.get_action_meanings():
             env = FireResetEnv(env)
         env = gym.wrappers.ResizeObservation(env, (84, 84))
-        env = gym.wrappers.GrayscaleObservation(env)
+        env = luminance_grayscale(env)
         env = gym.wrappers.FrameStackObservation(env, 4)
         return env
 
     return thunk
+
+
+def luminance_grayscale(env: gym.Env) -> gym.Env:
+    """RGB frames to gray as OpenCV converts them (0.299 R + 0.587 G + 0.114 B, rounded).
+
+    This is what CleanRL's pinned gymnasium 0.29 ``GrayScaleObservation`` did, and what ALE's own grayscale
+    screen (the native backend) gives. gymnasium 1.x's ``GrayscaleObservation`` weighs the channels
+    0.2125/0.7154/0.0721 and truncates: on Breakout 16% of the pixels differ, by up to 11 gray levels.
+    """
+    import cv2  # gymnasium's ResizeObservation needs OpenCV too
+
+    height, width = env.observation_space.shape[:2]
+    space = gym.spaces.Box(0, 255, (height, width), np.uint8)
+    return gym.wrappers.TransformObservation(env, lambda frame: cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY), space)
 
 
 class AleEpisodeStatistics(VectorWrapper):

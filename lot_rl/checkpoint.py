@@ -100,3 +100,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                      scheduler: torch.optim.lr_scheduler.LambdaLR | None = None,
+                      scheduler_state: dict[str, Any] | None = None) -> None:
+    """Load an optimizer's saved state (and its ``LambdaLR``'s) but keep the hyperparameters it was built with.
+
+    The moments and step counts come from ``state``; the learning rate, epsilon, weight decay, betas...
+    stay those of ``optimizer`` as the resumed run's options made it, so an option given with ``--resume``
+    is applied instead of being overwritten by the saved one. With a scheduler its step count is restored,
+    its base learning rates stay the new ones and the current learning rate is recomputed from them: an
+    unchanged option gives back exactly the saved value.
+    """
+    configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    base_lrs = list(scheduler.base_lrs) if scheduler is not None else None
+    optimizer.load_state_dict(state)
+    for group, hyper in zip(optimizer.param_groups, configured):
+        group.update(hyper)
+    if scheduler is not None and scheduler_state is not None:
+        scheduler.load_state_dict(scheduler_state)
+        scheduler.base_lrs = base_lrs
+        lrs = [base * factor(scheduler.last_epoch) for base, factor in zip(base_lrs, scheduler.lr_lambdas)]
+        for group, base, lr in zip(optimizer.param_groups, base_lrs, lrs):
+            group["initial_lr"], group["lr"] = base, lr
+        scheduler._last_lr = lrs

@@ -184,9 +184,13 @@ def check_values(cls, values: dict[str, Any], source: str) -> dict[str, Any]:
 
 
 def resolve(cls, cli_values: dict[str, Any], presets: dict[str, dict[str, Any]] | None = None,
-            preset: str | None = None, config_file: str | Path | None = None):
-    """Build ``cls`` from defaults < preset < config file < command line."""
-    values: dict[str, Any] = {}
+            preset: str | None = None, config_file: str | Path | None = None,
+            resumed: dict[str, Any] | None = None):
+    """Build ``cls`` from defaults < preset < config file < command line.
+
+    ``resumed`` (the saved options of a resumed run) takes the place of the defaults and the preset.
+    """
+    values: dict[str, Any] = dict(resumed or {})
     if preset is not None:
         presets = presets or {}
         if preset not in presets:
@@ -226,13 +230,30 @@ def args_from_namespace(ns: argparse.Namespace, cls: type, presets: dict[str, di
     """Resolve a command's options from parsed arguments; return ``(args, resume_path_or_None)``.
 
     A new run resolves defaults < ``--preset`` < ``--config`` < command line. ``--resume RUN`` starts from
-    that run's saved options (checkpoint ``kind`` must match) and lets the command line override them.
+    that run's saved options (checkpoint ``kind`` must match), then ``--config`` and the command line
+    override them; ``--preset`` is refused with it.
     """
     from lot_rl.checkpoint import load_checkpoint  # checkpoint imports torch; keep config light
 
     cli_values = {k: v for k, v in vars(ns).items() if k not in ("preset", "config", "resume")}
     if getattr(ns, "resume", None):
+        if ns.preset is not None:
+            raise LoTUserError(f"--preset cannot be combined with --resume: the run continues with its saved "
+                               f"options; give the ones to change on the command line or in --config")
         saved = load_checkpoint(ns.resume, kind=kind)["config"]
-        base = from_dict(cls, saved)
-        return resolve(cls, {**to_dict(base), **cli_values}), ns.resume
+        return resolve(cls, cli_values, config_file=ns.config, resumed=to_dict(from_dict(cls, saved))), ns.resume
     return resolve(cls, cli_values, presets, ns.preset, ns.config), None
+
+
+# Options a resumed run cannot take new values for, and why.
+FIXED_ON_RESUME = {"seed": "a resumed run continues the random state saved in its checkpoint",
+                   "run_dir": "a resumed run stays in its folder", "run_name": "a resumed run stays in its folder"}
+
+
+def require_unchanged_on_resume(args, saved: dict[str, Any], reasons: dict[str, str] = FIXED_ON_RESUME) -> None:
+    """Refuse, in one line, an option of ``args`` that differs from the resumed run's saved value but
+    cannot be applied (``reasons``: option name -> why), instead of ignoring what the user typed."""
+    for name, reason in reasons.items():
+        if name in saved and getattr(args, name) != saved[name]:
+            raise LoTUserError(f"{_flag(name)} {getattr(args, name)!r} differs from the resumed run's "
+                               f"{saved[name]!r}: {reason}")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lot_rl.checkpoint import restore_optimizer
 from lot_rl.errors import LoTUserError, require
 
 STUDENT_LOSSES = ("kl", "kl_ce", "symmetric_kl", "symmetric_kl_ce")
@@ -46,11 +47,13 @@ def kl(p_logits: torch.Tensor, q_logits: torch.Tensor, temperature: float = 1.0)
 
 def teachability_kl(teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor] | torch.Tensor,
                     temperature: float = 1.0, weights: Sequence[float] | None = None,
-                    detach: bool = True) -> torch.Tensor:
+                    detach: bool = True, symmetric: bool = False) -> torch.Tensor:
     """The teacher's teachability penalty ``sum_i lambda_i * kl(teacher, student_i, T)`` (without alpha).
 
     ``student_logits`` is one tensor or a list (one per student); ``weights`` are the lambda_i (default:
     equal, summing to 1). With ``detach`` (the default, as in the paper) no gradient reaches the students.
+    ``symmetric`` adds the other direction, ``kl(student_i, teacher, T)``, also a gradient of the teacher:
+    the reference's penalty in its ``symmetric_kl``/``symmetric_kl_ce`` variants.
     """
     if isinstance(student_logits, torch.Tensor):
         student_logits = [student_logits]
@@ -59,24 +62,33 @@ def teachability_kl(teacher_logits: torch.Tensor, student_logits: Sequence[torch
     weights = _resolve_weights(weights, len(student_logits))
     total = teacher_logits.new_zeros((), dtype=torch.float32)
     for lam, s in zip(weights, student_logits):
-        total = total + lam * kl(teacher_logits, s.detach() if detach else s, temperature)
+        s = s.detach() if detach else s
+        term = kl(teacher_logits, s, temperature)
+        if symmetric:
+            term = term + kl(s, teacher_logits, temperature)
+        total = total + lam * term
     return total
 
 
 def student_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
                  variant: str = "kl", labels: torch.Tensor | None = None,
-                 ce_weight: float = 1.0, kl_weight: float = 1.0, ignore_index: int = -100) -> torch.Tensor:
-    """The loss a student minimizes to imitate its teacher (the teacher's logits are detached here).
+                 ce_weight: float = 1.0, kl_weight: float = 1.0, ignore_index: int = -100,
+                 detach: bool = True) -> torch.Tensor:
+    """The loss a student minimizes to imitate its teacher.
 
-    variants (as in the reference):
-      ``kl``               kl(student, teacher)
+    variants (the reference's ``--loss``):
+      ``kl``               kl_weight * kl(student, teacher)
       ``kl_ce``            ce_weight * CE(student, labels) + kl_weight * kl(student, teacher)
-      ``symmetric_kl``     kl(student, teacher) + kl(teacher, student)  (the second with the teacher fixed)
-      ``symmetric_kl_ce``  symmetric_kl plus ce_weight * CE
+      ``symmetric_kl``     kl_weight * (kl(student, teacher) + kl(teacher, student))
+      ``symmetric_kl_ce``  ce_weight * CE + kl_weight * (kl(student, teacher) + kl(teacher, student))
+
+    The reference weights the KL part by alpha in the ``*_ce`` variants and by 1 otherwise
+    (:func:`reference_kl_weight`). The teacher's logits are a fixed target (detached) unless ``detach`` is
+    False, the reference's RL ``--detach 0``, where this loss reaches the teacher too.
     """
     if variant not in STUDENT_LOSSES:
         raise LoTUserError(f"unknown student loss {variant!r}; choose one of {', '.join(STUDENT_LOSSES)}")
-    target = teacher_logits.detach()
+    target = teacher_logits.detach() if detach else teacher_logits
     loss = kl(student_logits, target, temperature)
     if variant.startswith("symmetric_kl"):
         loss = loss + kl(target, student_logits, temperature)
@@ -88,6 +100,12 @@ def student_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
             student_logits.float().reshape(-1, student_logits.shape[-1]), labels.reshape(-1),
             ignore_index=ignore_index)
     return loss
+
+
+def reference_kl_weight(variant: str, alpha: float) -> float:
+    """The weight of the student's KL term in the reference: alpha in ``kl_ce``/``symmetric_kl_ce`` (beside
+    the cross-entropy), 1 in ``kl``/``symmetric_kl`` (pure imitation)."""
+    return alpha if variant.endswith("_ce") else 1.0
 
 
 def _resolve_weights(weights: Sequence[float] | None, count: int) -> list[float]:
@@ -154,13 +172,16 @@ class Students:
         return [self.logits_fn(net, inputs) for net in self.networks]
 
     def penalty(self, teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor],
-                detach: bool = True) -> torch.Tensor:
-        """``sum_i lambda_i kl(teacher, student_i.detach(), T)``: multiply by alpha and add to the task loss."""
-        return teachability_kl(teacher_logits, student_logits, self.temperature, self.weights, detach=detach)
+                detach: bool = True, symmetric: bool = False) -> torch.Tensor:
+        """``sum_i lambda_i kl(teacher, student_i.detach(), T)`` (see :func:`teachability_kl`): multiply by
+        alpha and add to the task loss."""
+        return teachability_kl(teacher_logits, student_logits, self.temperature, self.weights, detach=detach,
+                               symmetric=symmetric)
 
     def imitation_loss(self, student_logits: Sequence[torch.Tensor], teacher_logits: torch.Tensor,
                        variant: str = "kl", labels: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """Sum over students of :func:`student_loss` (each student only gets its own term's gradient)."""
+        """Sum over students of :func:`student_loss` (each student only gets its own term's gradient; the
+        teacher none unless ``detach=False`` is passed on)."""
         return sum(student_loss(s, teacher_logits, self.temperature, variant, labels, **kwargs)
                    for s in student_logits)
 
@@ -211,16 +232,21 @@ class Students:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the networks and their optimizers' and schedulers' progress from :meth:`state_dict`.
+
+        What the constructor was given stays: the lambda_i, the temperature and each optimizer's
+        hyperparameters (learning rate, weight decay...), so that options changed on resume apply
+        (:func:`lot_rl.checkpoint.restore_optimizer`).
+        """
         if len(state["networks"]) != len(self.networks):
             raise LoTUserError(f"the checkpoint holds {len(state['networks'])} students but this run has "
                                f"{len(self.networks)}; use the same --num-students to resume")
         for net, sd in zip(self.networks, state["networks"]):
             net.load_state_dict(sd)
-        for opt, sd in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
-        for sched, sd in zip(self.schedulers, state.get("schedulers", [])):
-            sched.load_state_dict(sd)
-        self.weights = list(state.get("weights", self.weights))
+        saved_schedulers = state.get("schedulers") or [None] * len(self.optimizers)
+        for i, (opt, sd) in enumerate(zip(self.optimizers, state["optimizers"])):
+            scheduler = self.schedulers[i] if self.schedulers else None
+            restore_optimizer(opt, sd, scheduler, saved_schedulers[i] if scheduler is not None else None)
 
 
 def validate_cache_options(obs_num: int, cache_mode: str) -> None:
@@ -251,17 +277,26 @@ class ObservationCache:
         return min(self.seen, self.capacity)
 
     def append(self, observations: torch.Tensor) -> None:
-        """Add one rollout's observations, shape ``(rollout_size, *obs_shape)`` (copied)."""
-        if self._buffer is None or (self.mode == "copies" and self._buffer.shape[1:] != observations.shape):
+        """Add one rollout's observations, shape ``(rollout_size, *obs_shape)`` (copied).
+
+        A rollout of another shape, dtype or device than the cached ones (SB3's ``set_env`` with another
+        ``n_envs``, a run resumed with another ``--num-envs``) starts the cache afresh with it: the older
+        rollouts cannot be stacked with it and are dropped.
+        """
+        if not self._fits(observations):
             slots = self.capacity if self.mode == "copies" else 1
             self._buffer = observations.new_empty((slots, *observations.shape))
-            self._next = 0
+            self._next, self.seen = 0, 0
         if self.mode == "reference":
             self._buffer[0].copy_(observations)
         else:
             self._buffer[self._next].copy_(observations)
             self._next = (self._next + 1) % self.capacity
         self.seen += 1
+
+    def _fits(self, observations: torch.Tensor) -> bool:
+        return (self._buffer is not None and self._buffer.shape[1:] == observations.shape
+                and self._buffer.dtype == observations.dtype and self._buffer.device == observations.device)
 
     def entries(self) -> list[torch.Tensor]:
         """The cached rollouts, oldest first (in reference mode: the latest rollout, ``len(self)`` times)."""
@@ -274,19 +309,20 @@ class ObservationCache:
         return [self._buffer[i] for i in order]
 
     def student_minibatches(self, teacher: Callable[[torch.Tensor], torch.Tensor], passes: int,
-                            batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                            minibatches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The student phase's data: ``(states, teacher_logits)`` minibatches over the cached rollouts.
 
         ``passes`` passes; in each, every cached rollout (oldest first) is shuffled afresh and cut into
-        minibatches of ``batch_size`` states (the last one smaller if the rollout does not divide).
+        ``minibatches`` minibatches of ``ceil(rollout_size / minibatches)`` states (the last one smaller if
+        the rollout does not divide).
         ``teacher(states) -> logits`` is called here, before the first minibatch, once per distinct cached
         rollout, in chunks of :data:`TARGET_CHUNK` states under inference mode: the teacher does not change
         during the student phase (the LoT reference re-ran it with autograd for every minibatch of every
         pass). Targets are float32. The shuffles draw from torch's global generator as the minibatches are
         taken.
         """
-        require(passes >= 0 and batch_size >= 1,
-                f"student_minibatches: passes must be >= 0 and batch_size >= 1, got {passes} and {batch_size}")
+        require(passes >= 0 and minibatches >= 1,
+                f"student_minibatches: passes must be >= 0 and minibatches >= 1, got {passes} and {minibatches}")
         entries = self.entries() if passes else []
         targets: dict[int, torch.Tensor] = {}
         with torch.inference_mode():
@@ -294,13 +330,14 @@ class ObservationCache:
                 if id(entry) not in targets:  # reference mode repeats one rollout: its targets once
                     targets[id(entry)] = torch.cat([teacher(entry[i:i + TARGET_CHUNK]).float()
                                                     for i in range(0, entry.shape[0], TARGET_CHUNK)])
-        return self._shuffled_minibatches(entries, targets, passes, batch_size)
+        return self._shuffled_minibatches(entries, targets, passes, minibatches)
 
     @staticmethod
     def _shuffled_minibatches(entries: list[torch.Tensor], targets: dict[int, torch.Tensor], passes: int,
-                              batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                              minibatches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _ in range(passes):
             for entry in entries:
+                batch_size = -(-entry.shape[0] // minibatches)  # ceil
                 order = torch.randperm(entry.shape[0], device=entry.device)
                 for start in range(0, entry.shape[0], batch_size):
                     rows = order[start:start + batch_size]

@@ -34,7 +34,13 @@ arguments, of which only the actor (features extractor, policy MLP, ``action_net
 Adam with the teacher's current learning rate, weight decay 1e-4, gradients clipped at the model's
 ``max_grad_norm``. They imitate the teacher (``student_loss``) on each PPO minibatch, as the LoT
 reference does (``student_on_ppo_batches``), and after every update for ``student_steps_ratio``
-passes over the observations of the last ``obs_num`` rollouts (the student phase).
+passes over the observations of the last ``obs_num`` rollouts (the student phase), each cached rollout cut
+into ``student_minibatches`` shuffled minibatches (4, as ``lot-rl train``).
+
+The students' step on a PPO minibatch is taken only once SB3's backward pass has run on it: their
+imitation loss rides on ``log_prob`` with the penalty, so SB3's one backward gives both gradients (as the
+reference's one backward does), and the students step at the next minibatch (or before the student
+phase). A minibatch that SB3 drops unlearned, as ``target_kl`` early stopping does, trains no one.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import copy
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -67,6 +74,9 @@ COMPANION_SUFFIX = ".lot.pt"
 SUPPORTED_ALGORITHMS = (PPO, A2C)
 # Options of earlier versions, now named as `lot-rl train` names them; the old names are still accepted.
 OLD_OPTION_NAMES = {"imitate_on_teacher_batches": "student_on_ppo_batches"}
+# Options of earlier versions that no longer exist, and what replaced them.
+REPLACED_OPTIONS = {"student_batch_size": "student_minibatches (minibatches per cached rollout in the student "
+                                          "phase, default 4, as lot-rl train)"}
 
 
 def companion_path(path: str | os.PathLike) -> Path:
@@ -129,18 +139,21 @@ class _AttachPenalty(torch.autograd.Function):
 
     Forward returns ``log_prob`` unchanged. Backward returns ``log_prob``'s incoming gradient unchanged and
     the gradient 1 for ``penalty``: the result is the gradient of ``loss + penalty`` for any loss that
-    depends on ``log_prob``, without changing the loss's value.
+    depends on ``log_prob``, without changing the loss's value. Each of ``backward_calls`` counts the
+    backward passes that went through.
     """
 
     @staticmethod
-    def forward(ctx, log_prob: torch.Tensor, penalty: torch.Tensor, backward_calls: _Count) -> torch.Tensor:
+    def forward(ctx, log_prob: torch.Tensor, penalty: torch.Tensor,
+                backward_calls: tuple[_Count, ...]) -> torch.Tensor:
         ctx.penalty_dtype, ctx.penalty_device = penalty.dtype, penalty.device
         ctx.backward_calls = backward_calls
         return log_prob.clone()
 
     @staticmethod
     def backward(ctx, grad_log_prob: torch.Tensor):
-        ctx.backward_calls.count += 1  # proof that the penalty reached the algorithm's backward pass
+        for calls in ctx.backward_calls:  # proof that the penalty reached the algorithm's backward pass
+            calls.count += 1
         return grad_log_prob, torch.ones((), dtype=ctx.penalty_dtype, device=ctx.penalty_device), None
 
 
@@ -178,9 +191,10 @@ class LoTCallback(BaseCallback):
         logit per action.
     :param student_lr: Students' learning rate (default: follow the teacher's current learning rate)
     :param student_weight_decay: Adam weight decay of the students
-    :param student_batch_size: Minibatch size of the student phase (default: the model's ``batch_size``;
-        for A2C the whole rollout)
-    :param student_on_ppo_batches: Also take one student step on every PPO minibatch (as the reference)
+    :param student_minibatches: Minibatches per cached rollout in the student phase (4, as ``lot-rl train``
+        and the reference; they hold ``ceil(n_steps * n_envs / student_minibatches)`` states)
+    :param student_on_ppo_batches: Also take one student step on every PPO minibatch the teacher learns from
+        (as the reference)
     :param cache_mode: ``"copies"`` keeps the last ``obs_num`` rollouts; ``"reference"`` reproduces the LoT
         reference, whose cache held the latest rollout ``min(rollouts, obs_num)`` times
     :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
@@ -189,11 +203,13 @@ class LoTCallback(BaseCallback):
     def __init__(self, alpha: float = 0.5, num_students: int = 1, student_steps_ratio: int = 5,
                  obs_num: int = 10, temperature: float = 1.0, student_weights: Sequence[float] | None = None,
                  student: nn.Module | Callable[[], nn.Module] | None = None, student_lr: float | None = None,
-                 student_weight_decay: float = 1e-4, student_batch_size: int | None = None,
+                 student_weight_decay: float = 1e-4, student_minibatches: int = 4,
                  student_on_ppo_batches: bool = True, cache_mode: str = "copies", verbose: int = 0,
                  **old_names: Any):
         super().__init__(verbose)
         for name in old_names:
+            if name in REPLACED_OPTIONS:
+                raise TypeError(f"LoTCallback(): {name} was replaced by {REPLACED_OPTIONS[name]}")
             if name not in OLD_OPTION_NAMES:
                 raise TypeError(f"LoTCallback() got an unexpected keyword argument {name!r}")
         student_on_ppo_batches = _current_names(old_names).get("student_on_ppo_batches", student_on_ppo_batches)
@@ -206,7 +222,7 @@ class LoTCallback(BaseCallback):
         self.student = student
         self.student_lr = student_lr
         self.student_weight_decay = float(student_weight_decay)
-        self.student_batch_size = student_batch_size
+        self.student_minibatches = int(student_minibatches)
         self.student_on_ppo_batches = bool(student_on_ppo_batches)
         self.cache_mode = cache_mode
         self._check_options()
@@ -219,6 +235,7 @@ class LoTCallback(BaseCallback):
         self._installed: tuple[Any, Any, Callable] | None = None  # (policy, previous attribute, wrapper)
         self._installed_at_step = -1
         self._lr_synced = False
+        self._unsettled: tuple[_Count, float] | None = None  # the PPO minibatch the students wait to step on
         self._reset_stats()
 
     # ------------------------------------------------------------------ options and compatibility checks
@@ -236,9 +253,10 @@ class LoTCallback(BaseCallback):
         require(self.student_weight_decay >= 0,
                 f"LoTCallback: student_weight_decay must be >= 0, got {self.student_weight_decay}")
         require(self.student_lr is None or self.student_lr > 0,
-                f"LoTCallback: student_lr must be > 0 or None (follow the teacher), got {self.student_lr}")
-        require(self.student_batch_size is None or self.student_batch_size >= 1,
-                f"LoTCallback: student_batch_size must be >= 1 or None, got {self.student_batch_size}")
+                f"LoTCallback: student_lr must be > 0 (leave it out to follow the teacher's learning rate), "
+                f"got {self.student_lr}")
+        require(self.student_minibatches >= 1,
+                f"LoTCallback: student_minibatches must be >= 1, got {self.student_minibatches}")
         require(self.student is None or isinstance(self.student, nn.Module) or callable(self.student),
                 f"LoTCallback: student must be None, an nn.Module or a factory returning one, "
                 f"got {type(self.student).__name__}")
@@ -281,7 +299,7 @@ class LoTCallback(BaseCallback):
     def _build_students(self) -> Students:
         policy, device = self.model.policy, self.model.device
         eps = policy.optimizer.defaults.get("eps", 1e-5) if isinstance(policy.optimizer, torch.optim.Adam) else 1e-5
-        lr = self.student_lr or policy.optimizer.param_groups[0]["lr"]
+        lr = self._student_lr_now()
         students = Students(
             self._student_networks(),
             make_optimizer=lambda params: torch.optim.Adam(params, lr=lr, eps=eps,
@@ -387,28 +405,48 @@ class LoTCallback(BaseCallback):
         if not self._lr_synced:
             self._sync_student_lr()
 
+        self._settle_student_step()  # the previous minibatch's, before the students' logits of this one
+        students.zero_grad()  # SB3's backward of this minibatch will accumulate into them
         students.train()
         with torch.set_grad_enabled(self.student_on_ppo_batches):
             student_logits = students.logits(obs)
         teachability = students.penalty(teacher_logits, student_logits)  # student logits detached inside
         self._teacher_kl_sum += float(teachability.detach())
         self._teacher_batches += 1
+        extra = self.alpha * teachability if self.alpha > 0 else None
+        counters = (self._penalty_backward_calls,)
         if self.student_on_ppo_batches:
-            # Students imitate the teacher on the same minibatch (the teacher's logits are detached).
-            students.zero_grad()
+            # Students imitate the teacher on the same minibatch (the teacher's logits are detached); the
+            # loss rides on SB3's backward, the step waits until that backward has run.
             imitation = students.imitation_loss(student_logits, teacher_logits)
-            imitation.backward()
-            students.step()
-            self._batch_student_kl_sum += float(imitation.detach()) / len(students)
-            self._batch_student_steps += 1
-        if self.alpha > 0:
-            log_prob = _AttachPenalty.apply(log_prob, self.alpha * teachability, self._penalty_backward_calls)
+            extra = imitation if extra is None else extra + imitation
+            self._unsettled = (_Count(), float(imitation.detach()) / len(students))
+            counters += (self._unsettled[0],)
+        if extra is not None:
+            log_prob = _AttachPenalty.apply(log_prob, extra, counters)
             self._penalties_attached += 1
         return values, log_prob, entropy
 
+    def _settle_student_step(self) -> None:
+        """Step the students on the last PPO minibatch if SB3's backward ran on it; drop it otherwise."""
+        if self._unsettled is None:
+            return
+        backward_calls, student_kl = self._unsettled
+        self._unsettled = None
+        if backward_calls.count:
+            self.students.step()
+            self._batch_student_kl_sum += student_kl
+            self._batch_student_steps += 1
+
+    def _student_lr_now(self) -> float:
+        """``student_lr``, or the teacher's current learning rate when it is None."""
+        if self.student_lr is not None:
+            return float(self.student_lr)
+        return float(self.model.policy.optimizer.param_groups[0]["lr"])
+
     def _sync_student_lr(self) -> None:
         # train() has just set the teacher's learning rate for this update; students follow it.
-        lr = self.student_lr or self.model.policy.optimizer.param_groups[0]["lr"]
+        lr = self._student_lr_now()
         for opt in self.students.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -416,6 +454,7 @@ class LoTCallback(BaseCallback):
 
     # ------------------------------------------------------------------ the student phase
     def _run_pending_student_phase(self) -> None:
+        self._settle_student_step()
         if not self._student_phase_pending:
             return
         self._student_phase_pending = False
@@ -432,7 +471,7 @@ class LoTCallback(BaseCallback):
         # evaluate_actions' log_prob would never call _AttachPenalty.backward.
         if self._penalties_attached and not self._penalty_backward_calls.count:
             raise RuntimeError(
-                f"LoTCallback: the teachability penalty was added to {self._penalties_attached} minibatches but "
+                f"LoTCallback: the LoT terms were added to {self._penalties_attached} minibatches but "
                 f"never reached {type(self.model).__name__}.train()'s backward pass; this stable-baselines3 "
                 f"{stable_baselines3.__version__} differs from the tested 2.9 (see lot_rl/sb3.py)")
 
@@ -450,7 +489,7 @@ class LoTCallback(BaseCallback):
         policy.set_training_mode(False)  # the targets are the teacher's eval-mode predictions
         try:
             minibatches = self.cache.student_minibatches(lambda states: actor_logits(policy, states),
-                                                         self.student_steps_ratio, self._student_batch_size())
+                                                         self.student_steps_ratio, self.student_minibatches)
         finally:
             policy.set_training_mode(was_training)
         self.students.train()
@@ -458,11 +497,6 @@ class LoTCallback(BaseCallback):
         for states, targets in minibatches:
             losses.append(self.students.imitate(states, targets))
         return losses
-
-    def _student_batch_size(self) -> int:
-        if self.student_batch_size is not None:
-            return self.student_batch_size
-        return int(getattr(self.model, "batch_size", None) or self.model.n_steps * self.model.n_envs)
 
     # ------------------------------------------------------------------ logging
     def _reset_stats(self) -> None:
@@ -493,7 +527,7 @@ class LoTCallback(BaseCallback):
                 "student_steps_ratio": self.student_steps_ratio, "obs_num": self.obs_num,
                 "temperature": self.temperature, "student_weights": self.student_weights,
                 "student_lr": self.student_lr, "student_weight_decay": self.student_weight_decay,
-                "student_batch_size": self.student_batch_size,
+                "student_minibatches": self.student_minibatches,
                 "student_on_ppo_batches": self.student_on_ppo_batches, "cache_mode": self.cache_mode}
 
     def save(self, path: str | os.PathLike, include_cache: bool = True) -> Path:
@@ -536,6 +570,10 @@ class LoTCallback(BaseCallback):
                 f"{data['path']} holds user-given student networks: pass the same architecture as "
                 f"LoTCallback.load(..., student=...)")
         saved, overrides = _current_names(data["options"]), _current_names(overrides)
+        for name in REPLACED_OPTIONS.keys() & saved.keys():
+            warnings.warn(f"{data['path']} sets {name} of an earlier lot_rl, replaced by {REPLACED_OPTIONS[name]}: "
+                          f"its student phase now cuts each cached rollout into student_minibatches", stacklevel=2)
+            del saved[name]
         unknown = set(overrides) - set(saved) - {"verbose"}
         require(not unknown, f"LoTCallback.load: unknown option(s) {', '.join(sorted(unknown))}")
         callback = cls(**{**saved, **overrides}, student=student)

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from lot_rl.envs.atari import (get_env_state, make_atari_env, parse_env_id, set_env_state, validate_flavour)
+from lot_rl.envs.atari import (BACKENDS, get_env_state, make_atari_env, parse_env_id, set_env_state,
+                               validate_flavour)
 from lot_rl.checkpoint import load_checkpoint, save_checkpoint
 from lot_rl.errors import LoTUserError
 
@@ -97,3 +98,83 @@ def test_bad_env_options():
         make_atari_env("BreakoutNoFrameskip-v4", 0)
     with pytest.raises(LoTUserError, match="repeat-action-probability"):
         make_atari_env("BreakoutNoFrameskip-v4", 1, repeat_action_probability=1.5)
+
+
+def _cleanrl_breakout(num_envs: int):
+    """CleanRL's ppo_atari.py environment, assembled here as its make_env does (its wrappers are SB3's; its
+    gymnasium 0.29 turned frames gray with OpenCV), with gymnasium 0.29's same-step autoreset."""
+    import cv2
+    import gymnasium as gym
+    from stable_baselines3.common.atari_wrappers import (ClipRewardEnv, EpisodicLifeEnv, FireResetEnv,
+                                                         MaxAndSkipEnv, NoopResetEnv)
+
+    def make():
+        env = gym.wrappers.RecordEpisodeStatistics(gym.make("BreakoutNoFrameskip-v4"))
+        env = EpisodicLifeEnv(MaxAndSkipEnv(NoopResetEnv(env, noop_max=30), skip=4))
+        env = ClipRewardEnv(FireResetEnv(env))
+        env = gym.wrappers.ResizeObservation(env, (84, 84))
+        env = gym.wrappers.TransformObservation(env, lambda o: cv2.cvtColor(o, cv2.COLOR_RGB2GRAY),
+                                                gym.spaces.Box(0, 255, (84, 84), np.uint8))
+        return gym.wrappers.FrameStackObservation(env, 4)
+
+    return gym.vector.SyncVectorEnv([make] * num_envs, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def test_gymnasium_backend_is_cleanrls_environment():
+    """Same seed, same actions: the same observations, clipped rewards and terminations as CleanRL's env,
+    over several lives and games."""
+    ours, cleanrl = make_atari_env("BreakoutNoFrameskip-v4", 2, backend="gymnasium"), _cleanrl_breakout(2)
+    obs_a, _ = ours.reset(seed=1)
+    obs_b, _ = cleanrl.reset(seed=1)
+    assert np.array_equal(obs_a, obs_b)
+    rng = np.random.default_rng(1)
+    terminations = 0
+    for _ in range(600):
+        actions = rng.integers(0, 4, 2)
+        obs_a, r_a, term_a, trunc_a, _ = ours.step(actions)
+        obs_b, r_b, term_b, trunc_b, _ = cleanrl.step(actions)
+        assert np.array_equal(obs_a, obs_b) and np.array_equal(np.sign(r_a), r_b)
+        assert np.array_equal(term_a, term_b) and np.array_equal(trunc_a, trunc_b)
+        terminations += int(term_a.sum())
+    assert terminations >= 4  # life losses happened, so the reset paths were compared too
+    ours.close(), cleanrl.close()
+
+
+def _noop(env, steps: int) -> tuple[np.ndarray, dict, int | None]:
+    """NOOP for up to ``steps`` steps; stops at the first termination. Returns the last observation, info,
+    and the step of the termination (None if none)."""
+    for t in range(steps):
+        obs, _, term, trunc, info = env.step(np.zeros(env.num_envs, dtype=np.int64))
+        if term[0] or trunc[0]:
+            return obs, info, t
+    return obs, info, None
+
+
+def _lives(env, info) -> int:
+    """The emulator's lives: in the native env's info; read from the game under gymnasium's wrappers."""
+    return int(info["lives"][0]) if "lives" in info else env.env.envs[0].unwrapped.ale.lives()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_what_each_backend_does_after_a_life_loss_on_breakout(backend):
+    """Issue 12 / 18: after a life loss the gymnasium backend (CleanRL's EpisodicLifeEnv + FireResetEnv) takes
+    NOOP, FIRE and RIGHT inside its reset and restarts the frame stack: the agent's next observation is four
+    copies of one frame and the ball is already in play. The native backend only reports the life loss: the
+    stack keeps the frames around it and the ball waits until the agent presses FIRE."""
+    env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend=backend)
+    _, info = env.reset(seed=3)
+    assert _lives(env, info) == 5
+    obs, info, lost_at = _noop(env, 500)  # the game's start is fired by both backends: the ball falls past
+    assert lost_at is not None and _lives(env, info) == 4
+    frames_alike = all(np.array_equal(obs[0, 0], obs[0, k]) for k in range(1, 4))
+    _, info, next_loss = _noop(env, 300)  # the agent never presses FIRE
+    if backend == "gymnasium":
+        assert frames_alike  # a fresh stack
+        assert next_loss is not None and _lives(env, info) == 3  # the wrappers launched the ball
+    else:
+        assert not frames_alike  # the stack runs on across the life loss
+        assert next_loss is None and _lives(env, info) == 4  # the ball waits for FIRE
+        env.step(np.ones(1, dtype=np.int64))  # FIRE
+        _, info, next_loss = _noop(env, 300)
+        assert next_loss is not None and _lives(env, info) == 3
+    env.close()

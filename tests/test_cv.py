@@ -106,15 +106,21 @@ def test_teacher_step_applies_the_hand_computed_lot_gradients(variant):
     t_fixed, s_fixed = teacher.double()(xd).detach(), student.double()(xd).detach()
     teacher.float(), student.float()
 
-    teacher_grads = grads_of(teacher, lambda t: hand_ce(t(xd), y) + alpha * hand_kl(t(xd), s_fixed, T))
+    symmetric = variant.startswith("symmetric")
+
+    def teacher_objective(t):
+        """The reference's teacher loss: CE + alpha kl(t, s), and + alpha kl(s, t) in the symmetric variants."""
+        logits = t(xd)
+        penalty = hand_kl(logits, s_fixed, T) + (hand_kl(s_fixed, logits, T) if symmetric else 0.0)
+        return hand_ce(logits, y) + alpha * penalty
 
     def student_objective(s):
+        """The reference's student loss: its KL weighted by alpha beside the CE (*_ce), by 1 alone."""
         logits = s(xd)
-        kl_terms = hand_kl(logits, t_fixed, T)
-        if variant.startswith("symmetric"):
-            kl_terms = kl_terms + hand_kl(t_fixed, logits, T)
-        loss = alpha * kl_terms  # the reference weights the student's KL by alpha
-        return loss + hand_ce(logits, y) if variant.endswith("_ce") else loss
+        kl_terms = hand_kl(logits, t_fixed, T) + (hand_kl(t_fixed, logits, T) if symmetric else 0.0)
+        return hand_ce(logits, y) + alpha * kl_terms if variant.endswith("_ce") else kl_terms
+
+    teacher_grads = grads_of(teacher, teacher_objective)
 
     student_grads = grads_of(student, student_objective)
     before_t = [p.detach().clone() for p in teacher.parameters()]
@@ -125,7 +131,8 @@ def test_teacher_step_applies_the_hand_computed_lot_gradients(variant):
         torch.testing.assert_close(p0 - p1.detach(), grad.float(), rtol=1e-4, atol=1e-6)  # SGD lr 1: delta = grad
     for p0, p1, grad in zip(before_s, student.parameters(), student_grads):
         torch.testing.assert_close(p0 - p1.detach(), grad.float(), rtol=1e-4, atol=1e-6)
-    assert stats["lot/teacher_kl"] == pytest.approx(hand_kl(t_fixed, s_fixed, T).item(), rel=1e-5)
+    penalty = hand_kl(t_fixed, s_fixed, T) + (hand_kl(s_fixed, t_fixed, T) if symmetric else 0.0)
+    assert stats["lot/teacher_kl"] == pytest.approx(penalty.item(), rel=1e-5)
     assert stats["teacher/loss"] == pytest.approx(hand_ce(t_fixed, y).item(), rel=1e-5)
     assert stats["count"] == 8
 
@@ -142,24 +149,29 @@ def test_alpha_zero_teacher_step_is_plain_cross_entropy_and_weights_enter():
         torch.testing.assert_close(p0 - p1.detach(), grad.float(), rtol=1e-4, atol=1e-6)
 
 
-def test_student_step_imitates_the_eval_mode_teacher_and_leaves_it_untouched():
+@pytest.mark.parametrize("teacher_mode", ["train", "eval"])
+def test_student_step_imitates_the_teacher_in_the_mode_asked(teacher_mode):
+    """Default ``train``, the reference's: the teacher's targets come from a train-mode forward (BatchNorm batch
+    statistics, dropout), which also moves its BatchNorm running statistics, never its weights. ``eval``: the
+    eval-mode teacher (running statistics), left untouched."""
     alpha, T = 1.0, 2.0
     teacher, student = make_pair(teacher_bn=True)
     teacher.train()
     teacher(torch.randn(16, 5))  # give the BatchNorm running statistics something non-trivial
     x, y = torch.randn(8, 5), torch.randint(0, 4, (8,))
-    teacher.eval()
-    target = teacher(x).detach().double()
-    teacher.train()
+    reference_teacher = copy.deepcopy(teacher).train(teacher_mode == "train")
+    target = reference_teacher(x).detach().double()  # a train-mode forward updates its running statistics
     expected = grads_of(student, lambda s: hand_ce(s(x.double()), y) + alpha * hand_kl(s(x.double()), target, T))
-    teacher_before = copy.deepcopy(teacher.state_dict())
     before = [p.detach().clone() for p in student.parameters()]
-    trainer = make_trainer(teacher, student, alpha=alpha, temperature=T, student_loss="kl_ce")
+    running_mean = teacher.state_dict()["1.running_mean"].clone()
+    trainer = make_trainer(teacher, student, alpha=alpha, temperature=T, student_loss="kl_ce",
+                           teacher_target_mode=teacher_mode)
     trainer.student_step(x, y)
     for p0, p1, grad in zip(before, student.parameters(), expected):
         torch.testing.assert_close(p0 - p1.detach(), grad.float(), rtol=1e-4, atol=1e-6)
-    for key, value in teacher.state_dict().items():
-        assert torch.equal(value, teacher_before[key]), key  # weights and BN statistics unchanged
+    for key, value in teacher.state_dict().items():  # weights unchanged, BN statistics as the mode moves them
+        assert torch.equal(value, reference_teacher.state_dict()[key]), key
+    assert torch.equal(teacher.state_dict()["1.running_mean"], running_mean) == (teacher_mode == "eval")
     assert teacher.training
 
 
@@ -276,6 +288,18 @@ def test_cv_command_resume_extends_a_finished_run(tmp_path, capsys):
     assert summary["teacher_steps"] == 12
     rows = [r for r in read_metrics(tmp_path / "runs" / "r") if "teacher/val_acc" in r]
     assert [r["step"] for r in rows] == [1, 2, 3]
+    # Options the saved optimizer states held are applied too; those a resumed run cannot take are refused.
+    assert main(["cv", "--resume", str(tmp_path / "runs" / "r"), "--epochs", "4", "--weight-decay", "0.01"]) == 0
+    capsys.readouterr()
+    trainer_state = load_checkpoint(tmp_path / "runs" / "r")["trainer"]
+    assert trainer_state["optimizer"]["param_groups"][0]["weight_decay"] == 0.01
+    assert trainer_state["students"]["optimizers"][0]["param_groups"][0]["weight_decay"] == 0.01
+    for argv, message in ((["--seed", "3"], "--seed 3 differs from the resumed run's 1"),
+                          (["--preset", "digits"], "--preset cannot be combined with --resume"),
+                          (["--depth", "20"], "do not fit the saved networks")):
+        assert main(["cv", "--resume", str(tmp_path / "runs" / "r"), *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
@@ -319,3 +343,27 @@ def test_cv_unknown_loss_in_config_file_and_corrupt_checkpoint(tmp_path, capsys)
         (tmp_path / "d" / "cifar-10-batches-py" / "test_batch").write_bytes(
             __import__("pickle").dumps({b"data": torch.zeros(2, 5).numpy(), b"labels": [0, 1]}))
         train_cv(tiny_args(tmp_path, data_dir=str(tmp_path / "d")))
+
+
+# ---------------------------------------------------------------------------------------------------- the reference
+
+
+# The reference's CIFAR run (run/run_image_classification_LoT.sh with trainer/image_classification.py).
+REFERENCE_CIFAR = dict(depth=20, student_depth=None, width=16, epochs=180, batch_size=256, learning_rate=1.0,
+                       momentum=0.9, weight_decay=1e-4, alpha=0.5, num_students=1, student_steps_ratio=2,
+                       temperature=1.5, student_loss="kl_ce", teacher_target_mode="train",
+                       student_lr_schedule="cosine", crop_padding=None, flip=None)
+
+
+@pytest.mark.parametrize("preset", ["cifar10", "cifar100", "cifar"])
+def test_cifar_presets_are_the_reference_run(preset):
+    """Issue 12: the presets named after the reference hold its settings, its learning rate 1.0 included; the
+    usual 0.1 has presets of its own."""
+    from lot_rl import config as cfg_lib
+    from lot_rl.supervised.cv import PRESETS
+
+    args = cfg_lib.resolve(CVArgs, {}, PRESETS, preset)
+    assert {name: getattr(args, name) for name in REFERENCE_CIFAR} == REFERENCE_CIFAR
+    assert args.dataset == ("cifar100" if preset == "cifar100" else "cifar10")
+    lower = cfg_lib.resolve(CVArgs, {}, PRESETS, f"{args.dataset}-lr0.1")
+    assert {name: getattr(lower, name) for name in REFERENCE_CIFAR} == {**REFERENCE_CIFAR, "learning_rate": 0.1}

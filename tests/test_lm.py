@@ -236,3 +236,73 @@ def test_lm_unknown_model_in_config_malformed_file_and_wrong_checkpoint(tmp_path
     save_checkpoint(tmp_path / "cvrun" / "checkpoint.pt", "cv", {"config": {}})
     assert main(["lm", "--resume", str(tmp_path / "cvrun")]) == 2
     assert "is a 'cv' checkpoint, expected 'lm'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- the reference
+
+
+# The reference's runs, setting by setting: run/run_lstm_ptb_LoT.sh with trainer/lstm_ptb.py's defaults, and
+# run/run_transformer_{ptb,wikitext103}_LoT.sh with trainer/transformer_xl_lm.py's (Transformer-XL's
+# d_head is free; ours is d_model / heads: 8 heads of 25 instead of 20, 10 heads of 41 instead of 12).
+REFERENCE_RUNS = {
+    "ptb-lstm": dict(dataset="ptb", model="lstm", embedding_size=650, hidden_size=650, num_layers=2, dropout=0.45,
+                     tie_weights=False, optimizer="sgd", momentum=0.3, learning_rate=30.0, weight_decay=0.0,
+                     clip=0.2, batch_size=20, bptt=35, eval_batch_size=10, epochs=60, warmup_steps=0, alpha=1.0,
+                     num_students=1, student_steps_ratio=5, temperature=1.5, student_loss="kl_ce",
+                     student_lr_schedule="plateau", student_lr_decay=0.25, teacher_target_mode="train"),
+    "ptb-transformer": dict(dataset="ptb", model="transformer", num_layers=4, embedding_size=200, num_heads=8,
+                            hidden_size=1000, dropout=0.25, tie_weights=True, optimizer="adam", learning_rate=1e-3,
+                            weight_decay=0.0, warmup_steps=0, clip=0.35, bptt=70, batch_size=60, eval_batch_size=10,
+                            epochs=10, alpha=0.5, num_students=1, student_steps_ratio=5, temperature=1.5,
+                            student_loss="kl_ce", student_lr_schedule="cosine", teacher_target_mode="train"),
+    "wt103-transformer": dict(dataset="wikitext103", model="transformer", num_layers=4, embedding_size=410,
+                              num_heads=10, hidden_size=2100, dropout=0.1, tie_weights=True, optimizer="adam",
+                              learning_rate=1e-3, weight_decay=0.0, warmup_steps=0, clip=0.25, bptt=100,
+                              batch_size=30, eval_batch_size=10, epochs=4, alpha=0.1, num_students=1,
+                              student_steps_ratio=4, temperature=1.5, student_loss="kl_ce",
+                              student_lr_schedule="cosine", teacher_target_mode="train"),
+}
+
+
+@pytest.mark.parametrize("preset", list(REFERENCE_RUNS))
+def test_presets_named_after_the_reference_are_its_runs(preset):
+    """Issue 12: the presets named after the reference's runs hold its settings (what differs in structure is
+    in docs/supervised.md's table)."""
+    from lot_rl import config as cfg_lib
+    from lot_rl.supervised.lm import PRESETS
+
+    args = cfg_lib.resolve(LMArgs, {}, PRESETS, preset)
+    assert {name: getattr(args, name) for name in REFERENCE_RUNS[preset]} == REFERENCE_RUNS[preset]
+
+
+def _trainer_with_plateau(num_students=2):
+    teacher = nn.Linear(3, 2)
+    make_opt = lambda p: torch.optim.SGD(p, lr=30.0, momentum=0.3)
+    optimizer = make_opt(teacher.parameters())
+    students = Students([nn.Linear(3, 2) for _ in range(num_students)], make_opt)
+    return LoTSupervisedTrainer(teacher, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                                students, LoTSettings(alpha=1.0, student_lr_schedule="plateau"))
+
+
+def test_student_learning_rate_plateau_as_lstm_ptb():
+    """lstm_ptb.py: after an epoch whose summed validation perplexity of all models is worse than the sum of
+    their bests and whose student validation loss is worse than the student's best, the student's learning
+    rate is multiplied by 0.25; the teacher's never."""
+    trainer = _trainer_with_plateau()
+    lrs = lambda: [opt.param_groups[0]["lr"] for opt in trainer.students.optimizers]
+    epoch = lambda t, s0, s1: trainer.end_epoch({"teacher/val_loss": t, "student0/val_loss": s0,
+                                                 "student1/val_loss": s1})
+    epoch(5.0, 5.0, 5.0)
+    assert lrs() == [30.0, 30.0]  # the first epoch sets the bests
+    epoch(5.2, 5.1, 4.9)  # worse overall; student 0 worse than its best, student 1 better
+    assert lrs() == [7.5, 30.0]
+    epoch(3.0, 5.3, 5.3)  # the summed perplexity improved (the teacher's): nobody decays
+    assert lrs() == [7.5, 30.0]
+    assert trainer.optimizer.param_groups[0]["lr"] == 30.0
+    # Resume: the decays are part of the trainer's state, applied on top of the configured learning rate.
+    restored = _trainer_with_plateau()
+    restored.load_state_dict(trainer.state_dict())
+    assert [opt.param_groups[0]["lr"] for opt in restored.students.optimizers] == [7.5, 30.0]
+    epoch(5.5, 5.6, 5.6)
+    restored.end_epoch({"teacher/val_loss": 5.5, "student0/val_loss": 5.6, "student1/val_loss": 5.6})
+    assert [opt.param_groups[0]["lr"] for opt in restored.students.optimizers] == lrs() == [1.875, 7.5]

@@ -7,12 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torch.distributions.categorical import Categorical
+from torch.optim.optimizer import register_optimizer_step_pre_hook
+
 from lot_rl import config as cfg_lib
 from lot_rl.agents import ppo_lot_atari as lot
 from lot_rl.checkpoint import load_checkpoint, save_checkpoint
 from lot_rl.cli import main
 from lot_rl.errors import LoTUserError
 from lot_rl.regularizer import kl
+from lot_rl.runlog import read_metrics
 from lot_rl.video import probe
 
 
@@ -53,6 +57,115 @@ def test_ppo_loss_matches_independent_cleanrl_computation():
     for g1, g2 in zip(ours_grads, expected_grads):
         torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
     assert 0.0 <= stats["clipfrac"].item() <= 1.0
+
+
+class _CleanRLAgent(torch.nn.Module):
+    """CleanRL's ppo_atari.py network as it builds it: NCHW float frames divided by 255.0 in the forward."""
+
+    def __init__(self, num_actions: int):
+        super().__init__()
+        conv = torch.nn.Conv2d
+        self.network = torch.nn.Sequential(conv(4, 32, 8, stride=4), torch.nn.ReLU(), conv(32, 64, 4, stride=2),
+                                           torch.nn.ReLU(), conv(64, 64, 3, stride=1), torch.nn.ReLU(),
+                                           torch.nn.Flatten(), torch.nn.Linear(3136, 512), torch.nn.ReLU())
+        self.actor, self.critic = torch.nn.Linear(512, num_actions), torch.nn.Linear(512, 1)
+
+    def clipped_gradients(self, obs, actions, old_logprobs, advantages, returns, old_values, clip=0.1,
+                          ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5):
+        """One minibatch of CleanRL's update, its loss term by term, up to the clipped gradients."""
+        hidden = self.network(obs.float() / 255.0)
+        probs = Categorical(logits=self.actor(hidden))
+        logratio = probs.log_prob(actions) - old_logprobs
+        ratio = logratio.exp()
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        pg_loss = torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
+        newvalue = self.critic(hidden).view(-1)
+        v_clipped = old_values + torch.clamp(newvalue - old_values, -clip, clip)
+        v_loss = 0.5 * torch.max((newvalue - returns) ** 2, (v_clipped - returns) ** 2).mean()
+        loss = pg_loss - ent_coef * probs.entropy().mean() + v_loss * vf_coef
+        self.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.parameters(), max_grad_norm)
+        return [p.grad for p in self.parameters()]
+
+
+def _record_teacher_steps(monkeypatch) -> list[dict]:
+    """Every teacher optimizer step of a run: its minibatch, the parameters before it and the clipped gradients."""
+    steps: list[dict] = []
+    original = lot.lot_ppo_loss
+
+    def recording_loss(agent, students, *batch, **kwargs):
+        steps.append({"params": {k: v.detach().clone() for k, v in agent.state_dict().items()},
+                      "batch": [t.detach().clone() for t in batch[:6]]})
+        return original(agent, students, *batch, **kwargs)
+
+    def before_step(optimizer, args, kwargs):
+        if "grads" not in steps[-1]:
+            steps[-1]["grads"] = [p.grad.detach().clone() for p in optimizer.param_groups[0]["params"]]
+
+    monkeypatch.setattr(lot, "lot_ppo_loss", recording_loss)
+    handle = register_optimizer_step_pre_hook(before_step)
+    return steps, handle
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cleanrl_preset_trains_with_cleanrls_gradients(tmp_path, monkeypatch, channels_last):
+    """Issue 12: ``--preset cleanrl`` is CleanRL's ppo_atari.py. A real run of ours (CleanRL's environment,
+    then every minibatch of two updates) and CleanRL's update on the same minibatches and parameters give the
+    same gradients: bit for bit in NCHW (the preset), to float rounding in channels-last (other conv kernels)."""
+    tiny = dict(total_timesteps=128, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
+                run_dir=str(tmp_path), channels_last=channels_last)
+    args = cfg_lib.resolve(lot.Args, tiny, lot.PRESETS, "cleanrl")
+    assert (args.env_backend, args.lr_schedule, args.alpha, args.num_students) == ("gymnasium", "linear", 0.0, 0)
+    steps, handle = _record_teacher_steps(monkeypatch)
+    try:
+        lot.train(args)
+    finally:
+        handle.remove()
+    assert len(steps) == 2 * 2 * 2  # updates x epochs x minibatches
+    cleanrl = _CleanRLAgent(4)
+    for step in steps:
+        cleanrl.load_state_dict(step["params"])
+        obs, actions, old_logprobs, advantages, returns, old_values = step["batch"]
+        expected = cleanrl.clipped_gradients(obs.contiguous(), actions, old_logprobs, advantages, returns,
+                                             old_values)
+        for got, want in zip(step["grads"], expected):
+            if channels_last:
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+            else:
+                assert torch.equal(got, want)
+    # CleanRL's learning rate: (1 - (iteration - 1) / iterations) * 2.5e-4 at the start of every iteration.
+    factor = lot.lr_factor(cfg_lib.resolve(lot.Args, {}, lot.PRESETS, "cleanrl"))
+    iterations = 10_000_000 // 1024
+    assert all(2.5e-4 * factor(i - 1) == (1.0 - (i - 1.0) / iterations) * 2.5e-4 for i in range(1, iterations + 1))
+
+
+# The reference's settings (trainer/atari_games.py with run/run_atari_games_LoT.sh), option by option.
+REFERENCE_RUN = dict(total_timesteps=20_000_000, num_envs=8, num_steps=128, num_minibatches=4, update_epochs=4,
+                     clip_coef=0.1, clip_vloss=True, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5, gamma=0.99,
+                     gae_lambda=0.95, norm_adv=True, learning_rate=2.5e-4, adam_eps=1e-5, lr_schedule="cosine",
+                     final_lr=2.5e-6, alpha=0.5, num_students=1, student_steps_ratio=5, obs_num=10, temperature=1.0,
+                     detach=True, student_weight_decay=1e-4, student_max_grad_norm=0.5, student_on_ppo_batches=True,
+                     student_arch="nature", student_lr=None, student_minibatches=4, cache_mode="reference",
+                     env_backend="gymnasium", repeat_action_probability=None, seed=0, lot_start=0.0,
+                     precision="fp32", channels_last=False, max_episode_frames=400_000, target_kl=None)
+
+
+def test_reference_preset_is_the_reference_run(tmp_path):
+    """Issue 12: ``--preset reference`` holds every setting of the reference's run, and a run of it shows the
+    reference's behaviour: alpha 0 in the first update then 0.5, and a cache whose every entry is the latest
+    rollout."""
+    args = cfg_lib.resolve(lot.Args, {}, lot.PRESETS, "reference")
+    assert {name: getattr(args, name) for name in REFERENCE_RUN} == REFERENCE_RUN
+    paper = cfg_lib.resolve(lot.Args, {}, lot.PRESETS, "paper")
+    differences = {name for name in REFERENCE_RUN if getattr(paper, name) != REFERENCE_RUN[name]}
+    assert differences == {"cache_mode", "env_backend", "seed", "channels_last", "max_episode_frames"}
+    tiny = dict(total_timesteps=192, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=1,
+                student_steps_ratio=1, run_dir=str(tmp_path), run_name="reference")
+    run_dir = lot.train(cfg_lib.resolve(lot.Args, tiny, lot.PRESETS, "reference"))
+    assert [row["lot/alpha"] for row in read_metrics(run_dir) if "lot/alpha" in row] == [0.0, 0.5, 0.5]
+    cache = load_checkpoint(run_dir)["cache"]
+    assert (cache["mode"], cache["capacity"], cache["seen"]) == ("reference", 10, 3)
 
 
 def test_gae_matches_naive_recursion():
@@ -102,6 +215,27 @@ def test_lot_minibatch_gradients(num_students, weights):
         sum(lam * kl(teacher_logits, s, 1.5).item() for lam, s in zip(lambdas, student_logits)), rel=1e-5)
 
 
+def test_undetached_lot_minibatch_lets_each_side_reach_the_other():
+    """``--no-detach`` as the reference's ``--detach 0``: the penalty reaches the students and the students'
+    imitation loss reaches the teacher (issue 12: ours detached the imitation loss always)."""
+    torch.manual_seed(0)
+    args = lot.Args(alpha=0.5, num_students=2, student_weights=[0.3, 0.7], temperature=1.5, detach=False)
+    agent, b = lot.Agent(4), _batch()
+    students = lot.make_students(args, 4, torch.device("cpu"), lot.lr_factor(args))
+    loss, _ = lot.lot_ppo_loss(agent, students, b["obs"], b["actions"], b["old_logprobs"], b["advantages"],
+                               b["returns"], b["old_values"], args, alpha_now=args.alpha)
+    loss.backward()
+
+    ppo, teacher_logits = _cleanrl_loss_by_hand(agent, b)
+    student_logits = [s(b["obs"]) for s in students.networks]
+    total = ppo + sum(0.5 * lam * kl(teacher_logits, s, 1.5) + kl(s, teacher_logits, 1.5)
+                      for lam, s in zip([0.3, 0.7], student_logits))
+    networks = [agent, *students.networks]
+    params = [p for net in networks for p in net.parameters()]
+    for p, g in zip(params, torch.autograd.grad(total, params)):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+
+
 def test_learning_rate_schedules():
     cosine = lot.lr_factor(lot.Args(total_timesteps=1024 * 10))
     assert cosine(0) == pytest.approx(1.0) and cosine(10) == pytest.approx(2.5e-6 / 2.5e-4)
@@ -112,7 +246,7 @@ def test_learning_rate_schedules():
 
 def test_student_phase_uses_targets_once_and_imitates():
     torch.manual_seed(0)
-    args = lot.Args(num_envs=2, num_steps=4, num_students=1, student_steps_ratio=3, num_minibatches=2, obs_num=2)
+    args = lot.Args(num_envs=2, num_steps=4, num_students=1, student_steps_ratio=3, student_minibatches=2, obs_num=2)
     agent = lot.Agent(4)
     students = lot.make_students(args, 4, torch.device("cpu"), lot.lr_factor(args))
     cache = lot.ObservationCache(2)
@@ -123,7 +257,7 @@ def test_student_phase_uses_targets_once_and_imitates():
     agent.policy_logits = lambda states: calls.append(states.shape[0]) or original(states)
     losses = lot.student_phase(agent, students, cache, args, lot.autocast_for(torch.device("cpu"), "fp32"))
     assert calls == [8, 8]  # the teacher ran once per cached rollout, not per minibatch or pass
-    assert len(losses) == 3 * 2 * 2  # N passes x cached rollouts x minibatches
+    assert len(losses) == 3 * 2 * 2  # N passes x cached rollouts x student minibatches
 
 
 def _read_tags(run_dir):
@@ -167,8 +301,25 @@ def _params(run_dir):
     return ckpt, list(ckpt["agent"].values()) + [t for sd in ckpt["students"]["networks"] for t in sd.values()]
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_args):
+def _record_initial_parameters(monkeypatch) -> list[list[torch.Tensor]]:
+    """Make every Agent and StudentPolicy built from now on record a copy of its initial parameters."""
+    initial: list[list[torch.Tensor]] = []
+    for name in ("Agent", "StudentPolicy"):
+        cls = getattr(lot, name)
+
+        class Recording(cls):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                initial.append([t.detach().clone() for t in self.state_dict().values()])
+
+        monkeypatch.setattr(lot, name, Recording)
+    return initial
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_args, monkeypatch):
+    initial = _record_initial_parameters(monkeypatch)
     straight = lot.train(tiny_args(env_backend="gymnasium", run_name="straight", total_timesteps=256))
+    teacher_before, student_before = initial[:2]
     args = tiny_args(env_backend="gymnasium", run_name="split", total_timesteps=256, save_every=100)
     split = lot.train(args, max_updates=2)  # stops after update 2 with a checkpoint, as Ctrl-C does
     assert load_checkpoint(split)["update"] == 2
@@ -177,12 +328,48 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tiny_args):
     ckpt_b, b = _params(split)
     assert ckpt_a["global_step"] == ckpt_b["global_step"] == 256
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert any(not torch.equal(x, y) for x, y in zip(a, _params_of_fresh_agent()))
+    # Training changed every weight tensor of the teacher and the student (issue 12, bug 2: this compared
+    # with an agent of another seed, so it held even if training had changed nothing).
+    trained_teacher, trained_student = list(ckpt_a["agent"].values()), list(ckpt_a["students"]["networks"][0].values())
+    assert len(trained_teacher) == len(teacher_before) and len(trained_student) == len(student_before)
+    assert all(not torch.equal(x, y) for x, y in zip(trained_teacher, teacher_before))
+    assert all(not torch.equal(x, y) for x, y in zip(trained_student, student_before))
 
 
-def _params_of_fresh_agent():
-    torch.manual_seed(123)
-    return list(lot.Agent(4).state_dict().values())
+def test_resume_applies_the_options_given_with_it(tiny_args, tmp_path):
+    """Issue 12, bug 3: options typed with --resume win over the checkpoint, including those the saved
+    cache, optimizer and scheduler states used to overwrite silently."""
+    run_dir = lot.train(tiny_args(total_timesteps=192, num_students=2, obs_num=2, lr_schedule="constant",
+                                  save_every=100), max_updates=2)
+    assert load_checkpoint(run_dir)["cache"]["capacity"] == 2
+    (tmp_path / "more.yaml").write_text("temperature: 2.0\n")
+    assert main(["train", "--resume", str(run_dir), "--config", str(tmp_path / "more.yaml"), "--obs-num", "1",
+                 "--cache-mode", "reference", "--learning-rate", "1e-3", "--adam-eps", "1e-6",
+                 "--student-lr", "2e-3", "--student-weight-decay", "0", "--student-weights", "0.25", "0.75"]) == 0
+    ckpt = load_checkpoint(run_dir)
+    assert ckpt["update"] == 3 and ckpt["config"]["temperature"] == 2.0
+    assert (ckpt["cache"]["capacity"], ckpt["cache"]["mode"], len(ckpt["cache"]["entries"])) == (1, "reference", 1)
+    teacher_group = ckpt["optimizer"]["param_groups"][0]
+    assert (teacher_group["lr"], teacher_group["eps"]) == (1e-3, 1e-6)
+    for state in ckpt["students"]["optimizers"]:
+        group = state["param_groups"][0]
+        assert (group["lr"], group["eps"], group["weight_decay"]) == (2e-3, 1e-6, 0.0)
+    assert ckpt["students"]["weights"] == [0.25, 0.75]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "ppo"], "--preset cannot be combined with --resume"),
+    (["--seed", "7"], "--seed 7 differs from the resumed run's 1"),
+    (["--run-name", "other"], "--run-name 'other' differs from the resumed run's 'run'"),
+    (["--student-arch", "small"], "--student-arch 'small' differs from the resumed run's 'nature'"),
+])
+def test_resume_refuses_the_options_it_cannot_apply(tiny_args, argv, message, capsys):
+    run_dir = lot.train(tiny_args(total_timesteps=64))
+    original = (run_dir / "checkpoint.pt").read_bytes()
+    assert main(["train", "--resume", str(run_dir), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert (run_dir / "checkpoint.pt").read_bytes() == original
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -197,6 +384,8 @@ def _params_of_fresh_agent():
     (["--num-students", "0"], "--alpha 0.5 needs at least one student"),
     (["--student-weights", "1", "2"], "--student-weights has 2 values for 1 students"),
     (["--lot-start", "2"], "--lot-start is a fraction"),
+    # issue 12, bug 4: 0 fell back to --learning-rate
+    (["--student-lr", "0"], "--student-lr must be > 0 (leave it out to follow --learning-rate), got 0.0"),
     (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
 ])
 def test_bad_options_exit_2_with_one_line(argv, message, tmp_path, capsys):

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from lot_rl.errors import LoTUserError
-from lot_rl.regularizer import (TARGET_CHUNK, ObservationCache, Students, kl, student_loss, teachability_kl,
-                                validate_student_weights)
+from lot_rl.regularizer import (STUDENT_LOSSES, TARGET_CHUNK, ObservationCache, Students, kl, reference_kl_weight,
+                                student_loss, teachability_kl, validate_student_weights)
 
 
 def np_kl(p_logits, q_logits, T):
@@ -61,6 +61,23 @@ def test_teachability_with_weights_sums_students():
     with pytest.raises(LoTUserError, match=r"--student-weights must be >= 0, got \[0.5, -1.0\]"):
         validate_student_weights([0.5, -1.0], 2)
     validate_student_weights([], 3)  # none given: equal weights
+
+
+def test_symmetric_teachability_adds_the_other_direction_for_the_teacher_only():
+    """The reference's symmetric variants: alpha (kl(t, s) + kl(s, t)), both terms the teacher's gradient."""
+    t = torch.randn(6, 4, requires_grad=True)
+    s = torch.randn(6, 4, requires_grad=True)
+    got = teachability_kl(t, [s, s * 2], 1.5, weights=[0.5, 0.5], symmetric=True)
+    want = sum(0.5 * (kl(t, q, 1.5) + kl(q, t, 1.5)) for q in (s.detach(), 2 * s.detach()))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    got.backward()
+    assert s.grad is None
+    torch.testing.assert_close(t.grad, torch.autograd.grad(want, t)[0])
+
+
+def test_reference_kl_weight_is_alpha_beside_cross_entropy_and_one_alone():
+    assert [reference_kl_weight(v, 0.3) for v in STUDENT_LOSSES] == \
+        [1.0 if not v.endswith("_ce") else 0.3 for v in STUDENT_LOSSES]
 
 
 def test_undetached_penalty_gives_students_gradient():
@@ -165,7 +182,7 @@ def test_student_minibatches_shuffle_every_rollout_each_pass_with_targets_comput
         return torch.cat([states, -states], 1).to(torch.bfloat16)
 
     torch.manual_seed(0)
-    batches = list(cache.student_minibatches(teacher, passes=2, batch_size=2))
+    batches = list(cache.student_minibatches(teacher, passes=2, minibatches=3))
     assert calls == [5, 5]  # once per cached rollout, before the first minibatch
     assert [len(states) for states, _ in batches] == [2, 2, 1] * 4  # 2 passes x 2 rollouts; the last one smaller
     for states, targets in batches:
@@ -173,7 +190,7 @@ def test_student_minibatches_shuffle_every_rollout_each_pass_with_targets_comput
     visits = [torch.cat([states for states, _ in batches[k:k + 3]]).flatten() for k in range(0, 12, 3)]
     assert [sorted(v.tolist()) for v in visits] == [[0, 1, 2, 3, 4], [10, 11, 12, 13, 14]] * 2  # oldest first
     assert not torch.equal(visits[0], visits[2])  # a fresh shuffle each pass
-    assert list(cache.student_minibatches(teacher, passes=0, batch_size=2)) == [] and len(calls) == 2
+    assert list(cache.student_minibatches(teacher, passes=0, minibatches=3)) == [] and len(calls) == 2
 
 
 def test_student_minibatches_chunk_the_teacher_and_share_repeated_rollouts():
@@ -181,13 +198,13 @@ def test_student_minibatches_chunk_the_teacher_and_share_repeated_rollouts():
     teacher = lambda states: calls.append(states.shape[0]) or states.repeat(1, 2)
     big = ObservationCache(1)
     big.append(torch.randn(TARGET_CHUNK + 44, 1))
-    assert sum(len(s) for s, _ in big.student_minibatches(teacher, 1, 100)) == TARGET_CHUNK + 44
+    assert sum(len(s) for s, _ in big.student_minibatches(teacher, 1, 3)) == TARGET_CHUNK + 44
     assert calls == [TARGET_CHUNK, 44]
     calls.clear()
     reference = ObservationCache(4, "reference")
     for _ in range(3):
         reference.append(torch.randn(6, 1))
-    assert len(list(reference.student_minibatches(teacher, 1, 3))) == 3 * 2
+    assert len(list(reference.student_minibatches(teacher, 1, 2))) == 3 * 2
     assert calls == [6]  # three entries, one rollout: its targets once
 
 
@@ -206,3 +223,19 @@ def test_cache_state_fits_another_capacity_or_mode():
     copies = ObservationCache(3)
     copies.load_state_dict(reference.state_dict())
     assert [e[0, 0].item() for e in copies.entries()] == [4.0]
+
+
+@pytest.mark.parametrize("mode", ObservationCache.MODES)
+def test_cache_starts_afresh_on_a_rollout_of_another_shape(mode):
+    """Issue 12, bug 1: a rollout of another size (SB3's set_env with another n_envs, a resumed run with
+    another --num-envs) used to reallocate the buffer but keep the count of filled entries, so entries()
+    handed out uninitialised memory."""
+    cache = ObservationCache(3, mode)
+    for i in range(4):
+        cache.append(torch.full((4, 2), float(i)))
+    cache.append(torch.full((6, 2), 7.0))
+    entries = cache.entries()
+    assert len(cache) == len(entries) == 1  # the rollouts of the old shape are gone, never garbage
+    assert entries[0].shape == (6, 2) and bool((entries[0] == 7.0).all())
+    cache.append(torch.full((6, 2), 8.0))
+    assert [e[0, 0].item() for e in cache.entries()] == ([7.0, 8.0] if mode == "copies" else [8.0, 8.0])

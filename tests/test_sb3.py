@@ -39,7 +39,8 @@ def fresh_policy_like(policy):
 
 class Recorder(BaseCallback):
     """Records, for every teacher optimizer step: its minibatch, the teacher's parameters before the step,
-    the gradients SB3 stepped with, and the students' parameters that made that minibatch's penalty."""
+    the gradients SB3 stepped with, and the students' parameters that made that minibatch's penalty (the
+    students step on a minibatch only after the teacher has, so those are the students at the teacher's step)."""
 
     def __init__(self, lot: LoTCallback):
         super().__init__()
@@ -57,29 +58,33 @@ class Recorder(BaseCallback):
                 yield data
 
         model.rollout_buffer.get = recording_get
-        self.student_snapshot = None
 
         def teacher_pre_step(optimizer, args, kwargs):
             self.steps.append({
                 "batch": self.batches[-1],
                 "teacher": copy.deepcopy(model.policy.state_dict()),
                 "grads": [p.grad.detach().clone() for p in model.policy.parameters()],
-                "students": self.student_snapshot or self._students_now(),
+                "students": self._students_now(),
             })
-            self.student_snapshot = None
-
-        def student_pre_step(optimizer, args, kwargs):
-            if self.student_snapshot is None:  # before the first student steps on this minibatch
-                self.student_snapshot = self._students_now()
 
         model.policy.optimizer.register_step_pre_hook(teacher_pre_step)
-        self.lot.students.optimizers[0].register_step_pre_hook(student_pre_step)
-
-    def _on_rollout_end(self) -> None:
-        self.student_snapshot = None  # forget steps of the student phase that ran before this rollout
 
     def _students_now(self):
         return [copy.deepcopy(net) for net in self.lot.students.networks]
+
+    def _on_step(self) -> bool:
+        return True
+
+
+class KeepRollouts(BaseCallback):
+    """Keeps a copy of every rollout's observations, one row per state (CartPole), as the cache stores them."""
+
+    def __init__(self):
+        super().__init__()
+        self.rollouts: list[torch.Tensor] = []
+
+    def _on_rollout_end(self) -> None:
+        self.rollouts.append(torch.as_tensor(self.model.rollout_buffer.observations.reshape(-1, 4)).clone())
 
     def _on_step(self) -> bool:
         return True
@@ -182,21 +187,62 @@ def test_a2c_gradient_is_a2c_plus_teachability_penalty():
         torch.testing.assert_close(got, p.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_with_target_kl_students_step_only_on_minibatches_the_teacher_trains_on():
+    """Issue 12, bug 5: SB3 ends an epoch at a minibatch whose approx KL passes 1.5 x target_kl, after
+    evaluate_actions and before its backward: the students must not step on that minibatch either."""
+    model = PPO("MlpPolicy", cartpole(), n_steps=32, batch_size=16, n_epochs=4, target_kl=1e-4, seed=12,
+                device="cpu")
+    lot = LoTCallback(student_steps_ratio=0, obs_num=1)
+    lot.init_callback(model)
+    teacher_steps, student_steps = [], []
+    model.policy.optimizer.register_step_pre_hook(lambda *args: teacher_steps.append(model.num_timesteps))
+    lot.students.optimizers[0].register_step_pre_hook(lambda *args: student_steps.append(model.num_timesteps))
+    model.learn(3 * 64, callback=lot)
+    assert 3 <= len(teacher_steps) < 3 * 4 * 4  # every update trained, and stopped early
+    assert student_steps == teacher_steps
+    assert model.logger.name_to_value["lot/student_steps"] == teacher_steps.count(teacher_steps[-1])
+
+
+def test_student_minibatches_is_lot_rl_trains_option_with_its_default():
+    """Issue 12, bug 5: the student phase cut each cached rollout by SB3's batch_size (64 by default: 16
+    minibatches of an 8 x 128 rollout) where lot-rl train takes 4; now both have student_minibatches=4."""
+    from lot_rl.agents.ppo_lot_atari import Args
+
+    assert LoTCallback().student_minibatches == Args().student_minibatches == 4
+    for minibatches, expected in ((None, 2 * 4), (2, 2 * 2)):
+        model = PPO("MlpPolicy", cartpole(), n_steps=16, batch_size=4, n_epochs=1, seed=13, device="cpu")
+        options = {} if minibatches is None else {"student_minibatches": minibatches}
+        model.learn(32, callback=LoTCallback(student_steps_ratio=2, obs_num=1, student_on_ppo_batches=False,
+                                             **options))
+        assert model.logger.name_to_value["lot/student_steps"] == expected  # passes x rollouts x minibatches
+    with pytest.raises(TypeError, match="student_batch_size was replaced by student_minibatches"):
+        LoTCallback(student_batch_size=64)
+
+
+def test_a_companion_file_with_student_batch_size_loads_with_a_warning(tmp_path):
+    from lot_rl.checkpoint import load_checkpoint, save_checkpoint
+
+    model = PPO("MlpPolicy", cartpole(), n_steps=16, batch_size=16, n_epochs=1, seed=14, device="cpu")
+    lot = LoTCallback(student_steps_ratio=1, obs_num=1)
+    model.learn(32, callback=lot)
+    data = load_checkpoint(lot.save(tmp_path / "old"))
+    del data["options"]["student_minibatches"]
+    data["options"]["student_batch_size"] = None  # as an earlier lot_rl wrote it
+    header = ("format", "version", "kind", "path")
+    save_checkpoint(tmp_path / "old.lot.pt", data["kind"], {k: v for k, v in data.items() if k not in header})
+    with pytest.warns(UserWarning, match="student_batch_size of an earlier lot_rl, replaced by student_minibatches"):
+        restored = LoTCallback.load(tmp_path / "old")
+    assert restored.options() == lot.options()
+
+
 def test_student_phase_is_n_passes_of_imitation_over_the_cached_rollouts():
     torch.manual_seed(2)
     model = PPO("MlpPolicy", cartpole(), n_steps=16, batch_size=8, n_epochs=1, seed=2, device="cpu")
-    rollouts = []
-
-    class KeepRollouts(BaseCallback):
-        def _on_rollout_end(self) -> None:
-            rollouts.append(torch.as_tensor(self.model.rollout_buffer.observations.reshape(-1, 4)).clone())
-
-        def _on_step(self) -> bool:
-            return True
-
+    keep = KeepRollouts()
+    rollouts = keep.rollouts
     lot = LoTCallback(alpha=0.5, num_students=2, student_steps_ratio=3, obs_num=2,
                       student_on_ppo_batches=False)
-    model.learn(3 * 32, callback=CallbackList([KeepRollouts(), lot]))
+    model.learn(3 * 32, callback=CallbackList([keep, lot]))
     # The cache holds real copies of the last obs_num rollouts, oldest first.
     assert lot.updates == 3 and len(lot.cache) == 2
     for cached, kept in zip(lot.cache.entries(), rollouts[-2:]):
@@ -332,6 +378,8 @@ def test_custom_student_network_and_its_reload(tmp_path):
     ({"cache_mode": "views"}, "unknown cache_mode 'views'; choose one of copies, reference"),
     ({"student_steps_ratio": 0, "student_on_ppo_batches": False}, "students never learn"),
     ({"student_steps_ratio": -1}, "student_steps_ratio must be >= 0"),
+    ({"student_minibatches": 0}, "student_minibatches must be >= 1, got 0"),
+    ({"student_lr": 0.0}, r"student_lr must be > 0 \(leave it out to follow the teacher's learning rate\), got 0.0"),
 ])
 def test_bad_options_fail_at_construction(kwargs, message):
     with pytest.raises(LoTUserError, match=message):
@@ -358,8 +406,8 @@ def test_short_cartpole_learn():
     model.learn(3 * 128, callback=lot)
     assert lot.updates == 3 and len(lot.cache) == 3
     assert model.num_timesteps == 384
-    # 3 phases x min(update, 3) cached rollouts x 2 minibatches, plus 4 x 2 PPO minibatches per update
-    assert model.logger.name_to_value["lot/student_steps"] == 5 * 3 * 2 + 8
+    # 5 passes x min(update, 3) cached rollouts x 4 minibatches, plus 4 epochs x 2 PPO minibatches per update
+    assert model.logger.name_to_value["lot/student_steps"] == 5 * 3 * 4 + 8
     assert np.isfinite(model.logger.name_to_value["lot/teacher_kl"])
     assert "evaluate_actions" not in model.policy.__dict__
 
@@ -395,7 +443,7 @@ def test_short_breakout_learn_with_cnn_policy(tmp_path):
     student = lot.students.networks[0].policy
     assert type(student.features_extractor).__name__ == "NatureCNN"
     assert not torch.equal(student.action_net.weight, model.policy.action_net.weight)
-    assert model.logger.name_to_value["lot/student_steps"] == 2 * 2 + 2  # phase + one per PPO minibatch
+    assert model.logger.name_to_value["lot/student_steps"] == 2 * 4 + 2  # phase + one per PPO minibatch
     model.save(tmp_path / "breakout")
     lot.save(tmp_path / "breakout")
     restored = LoTCallback.load(tmp_path / "breakout")
@@ -459,6 +507,22 @@ def test_load_without_cache_or_with_a_smaller_cache(tmp_path):
         LoTCallback.load(tmp_path / "full", obs_nmu=1)
     with pytest.raises(LoTUserError, match="no checkpoint"):
         LoTCallback.load(tmp_path / "missing")
+
+
+def test_a_reloaded_run_with_another_n_envs_restarts_the_cache_with_real_rollouts(tmp_path):
+    """Issue 12, bug 1, as SB3 users meet it: LoTCallback.load on a model loaded with another n_envs kept the old
+    count of cache entries over a reallocated buffer, and the students imitated uninitialised memory."""
+    model = PPO("MlpPolicy", cartpole(2), n_steps=16, batch_size=16, n_epochs=1, seed=15, device="cpu")
+    lot = LoTCallback(student_steps_ratio=1, obs_num=3)
+    model.learn(2 * 32, callback=lot)
+    model.save(tmp_path / "m")
+    lot.save(tmp_path / "m")
+    model = PPO.load(tmp_path / "m", env=cartpole(4), device="cpu")
+    lot = LoTCallback.load(tmp_path / "m")
+    keep = KeepRollouts()
+    model.learn(64, callback=CallbackList([keep, lot]), reset_num_timesteps=False)
+    entries = lot.cache.entries()
+    assert len(lot.cache) == len(entries) == 1 and torch.equal(entries[0], keep.rollouts[-1])
 
 
 def test_the_earlier_option_name_is_still_accepted(tmp_path):

@@ -4,7 +4,7 @@ Examples::
 
     lot-rl lm                                              # LoT on the built-in Python-docs corpus, minutes on CPU
     lot-rl lm --alpha 0 --num-students 0                   # the same, teacher only
-    lot-rl lm --preset ptb-lstm --data-dir ~/data/ptb      # the reference's LSTM settings on PTB
+    lot-rl lm --preset ptb-lstm --data-dir ~/data/ptb      # the reference's LSTM run on PTB
     lot-rl lm --preset wt103-transformer --data-dir ~/data/wikitext-103
     lot-rl lm --resume runs/<run-name>
 
@@ -61,6 +61,7 @@ class LMArgs(CommonArgs):
     bptt: int = cfg_lib.option(35, "window length of truncated backpropagation through time")
     eval_batch_size: int = cfg_lib.option(10, "parallel streams in evaluation")
     optimizer: str = cfg_lib.option("sgd", "sgd or adam (teacher and students)", choices=("sgd", "adam"))
+    momentum: float = cfg_lib.option(0.0, "SGD momentum (the reference's LSTM: 0.3)")
     learning_rate: float = cfg_lib.option(20.0, "learning rate, cosine-annealed to 0")
     warmup_steps: int = cfg_lib.option(0, "linear learning-rate warm-up steps")
     weight_decay: float = cfg_lib.option(0.0, "weight decay")
@@ -68,20 +69,23 @@ class LMArgs(CommonArgs):
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The LoT reference's LSTM settings on PTB (network size: Zaremba et al.'s medium LSTM).
+    # The reference's LSTM run on PTB (run/run_lstm_ptb_LoT.sh, trainer/lstm_ptb.py): Zaremba et al.'s medium
+    # LSTM, untied, SGD momentum 0.3, and its students' plateau-decayed learning rate.
     "ptb-lstm": dict(dataset="ptb", model="lstm", embedding_size=650, hidden_size=650, num_layers=2, dropout=0.45,
-                     optimizer="sgd", learning_rate=30.0, clip=0.2, batch_size=20, bptt=35, epochs=60,
-                     alpha=1.0, student_steps_ratio=5, temperature=1.5, num_students=1),
-    # The reference's Transformer LoT settings (alpha 0.5, N 5 on PTB; alpha 0.1, N 4 on WikiText-103) on a
-    # Transformer-XL-base-sized causal Transformer without the recurrence memory.
-    "ptb-transformer": dict(dataset="ptb", model="transformer", embedding_size=410, hidden_size=2100,
-                            num_layers=16, num_heads=10, dropout=0.1, optimizer="adam", learning_rate=2.5e-4,
-                            warmup_steps=1000, clip=0.25, batch_size=22, bptt=70, epochs=40, alpha=0.5,
+                     tie_weights=False, optimizer="sgd", momentum=0.3, learning_rate=30.0, clip=0.2,
+                     batch_size=20, bptt=35, eval_batch_size=10, epochs=60, alpha=1.0, student_steps_ratio=5,
+                     temperature=1.5, num_students=1, student_lr_schedule="plateau", student_lr_decay=0.25),
+    # The reference's Transformer-XL runs (run/run_transformer_{ptb,wikitext103}_LoT.sh): 4 layers, Adam 1e-3
+    # cosine-annealed to 0 without warm-up, on our causal Transformer (no recurrence memory; heads of
+    # d_model / heads: 8 x 25 for its 8 x 20, 10 x 41 for its 12 x 41).
+    "ptb-transformer": dict(dataset="ptb", model="transformer", num_layers=4, embedding_size=200, num_heads=8,
+                            hidden_size=1000, dropout=0.25, optimizer="adam", learning_rate=1e-3, warmup_steps=0,
+                            clip=0.35, batch_size=60, bptt=70, eval_batch_size=10, epochs=10, alpha=0.5,
                             student_steps_ratio=5, temperature=1.5, num_students=1),
-    "wt103-transformer": dict(dataset="wikitext103", model="transformer", embedding_size=410, hidden_size=2100,
-                              num_layers=16, num_heads=10, dropout=0.1, optimizer="adam", learning_rate=2.5e-4,
-                              warmup_steps=4000, clip=0.25, batch_size=60, bptt=150, epochs=2, alpha=0.1,
-                              student_steps_ratio=4, temperature=1.5, num_students=1),
+    "wt103-transformer": dict(dataset="wikitext103", model="transformer", num_layers=4, embedding_size=410,
+                              num_heads=10, hidden_size=2100, dropout=0.1, optimizer="adam", learning_rate=1e-3,
+                              warmup_steps=0, clip=0.25, batch_size=30, bptt=100, eval_batch_size=10, epochs=4,
+                              alpha=0.1, student_steps_ratio=4, temperature=1.5, num_students=1),
     # The default: a small LSTM on the built-in corpus.
     "pydoc": dict(dataset="pydoc"),
 }
@@ -92,7 +96,8 @@ OPTION_GROUPS = {**{n: "experiment" for n in EXPERIMENT_FIELDS}, **{n: "LoT" for
                                          "num_heads", "student_embedding_size", "student_hidden_size",
                                          "student_num_layers", "dropout", "tie_weights")},
                  **{n: "optimization" for n in ("epochs", "batch_size", "bptt", "eval_batch_size", "optimizer",
-                                                 "learning_rate", "warmup_steps", "weight_decay", "clip")}}
+                                                 "momentum", "learning_rate", "warmup_steps", "weight_decay",
+                                                 "clip")}}
 
 
 def validate_args(args: LMArgs) -> None:
@@ -108,6 +113,7 @@ def validate_args(args: LMArgs) -> None:
     require(args.learning_rate > 0, f"--learning-rate must be > 0, got {args.learning_rate}")
     require(args.clip >= 0, f"--clip must be >= 0 (0: no clipping), got {args.clip}")
     require(args.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {args.warmup_steps}")
+    require(0 <= args.momentum < 1, f"--momentum must be in [0, 1), got {args.momentum}")
     require(0.0 <= args.dropout < 1.0, f"--dropout must be in [0, 1), got {args.dropout}")
 
 
@@ -223,7 +229,7 @@ def build(args: LMArgs, device: torch.device) -> tuple[LMTask, LoTSupervisedTrai
     def make_optimizer(params) -> torch.optim.Optimizer:
         if args.optimizer == "adam":
             return torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-        return torch.optim.SGD(params, lr=args.learning_rate, weight_decay=args.weight_decay)
+        return torch.optim.SGD(params, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
 
     clip = args.clip if args.clip > 0 else None
     trainer = make_trainer(args, make_model, make_optimizer, args.epochs * task.steps_per_epoch, device,
@@ -255,8 +261,8 @@ def configure_parser(parser: argparse.ArgumentParser, command: str = "lm") -> No
                           "that imitate its next-token distributions. Without options: LoT with a small LSTM "
                           "on the built-in Python-docs corpus (minutes on a CPU).")
     cfg_lib.add_run_options(parser, LMArgs, PRESETS, group_of=OPTION_GROUPS,
-                            preset_help="ptb-lstm, ptb-transformer, wt103-transformer: the reference's LoT settings; "
-                                        "pydoc: the defaults")
+                            preset_help="ptb-lstm, ptb-transformer, wt103-transformer: the reference's runs "
+                                        "(docs/supervised.md lists what differs); pydoc: the defaults")
 
 
 def run_command(ns: argparse.Namespace, command: str = "lm") -> int:

@@ -1,13 +1,16 @@
 """What ``lot-rl cv`` and ``lot-rl lm`` share: options, the LoT supervised step, and the epoch loop.
 
-One teacher step (:meth:`LoTSupervisedTrainer.teacher_step`), as in the LoT reference::
+One teacher step (:meth:`LoTSupervisedTrainer.teacher_step`), as in the LoT reference's ``--loss`` variants::
 
     teacher loss = task CE + alpha * sum_i lambda_i kl(teacher, student_i.detach(), T)
-    student loss = student_loss(student_i, teacher.detach(), variant, labels, kl_weight=alpha)   # kl_ce: CE + alpha KL
+                   (+ alpha * sum_i lambda_i kl(student_i.detach(), teacher, T) in the symmetric variants)
+    student loss = student_loss(student_i, teacher.detach(), variant, labels, kl_weight)
+                   (kl_weight: alpha in kl_ce / symmetric_kl_ce, 1 in kl / symmetric_kl)
 
 both on the same batch, one backward (the two graphs do not touch: each side's target is detached), then
 each network steps its own optimizer. Then N-1 student-only steps (:meth:`student_step`) on further
-training batches, imitating the teacher's eval-mode predictions computed without autograd.
+training batches, imitating the teacher's predictions, computed without autograd by the teacher in train
+mode as in the reference (``--teacher-target-mode eval``: in eval mode).
 
 Every KL comes from :mod:`lot_rl.regularizer`. The tasks (:mod:`.cv`, :mod:`.lm`) only say where batches
 come from and how to evaluate; :func:`fit` runs the epochs, logging, checkpoints, resume and the best-epoch
@@ -32,9 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from lot_rl import config as cfg_lib
-from lot_rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from lot_rl.errors import require
-from lot_rl.regularizer import (STUDENT_LOSSES, Students, student_loss, validate_lot_options,
+from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer, rng_state, save_checkpoint,
+                               set_rng_state)
+from lot_rl.errors import LoTUserError, require
+from lot_rl.regularizer import (STUDENT_LOSSES, Students, reference_kl_weight, student_loss, validate_lot_options,
                                 validate_student_weights)
 from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
 from lot_rl.runtime import autocast_for, keep_freed_memory
@@ -42,6 +46,9 @@ from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, start_tracking, va
 
 BEST_NAME = "best.pt"
 SUMMARY_NAME = "summary.json"
+
+TEACHER_TARGET_MODES = ("train", "eval")
+STUDENT_LR_SCHEDULES = ("cosine", "plateau")
 
 # forward(name, model, inputs) -> logits; name is "teacher" or "student<i>" (lets a task keep per-model state)
 Forward = Callable[[str, nn.Module, torch.Tensor], torch.Tensor]
@@ -77,12 +84,24 @@ class CommonArgs(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.trac
     temperature: float = cfg_lib.option(1.5, "softmax temperature T of the KL terms")
     student_loss: str = cfg_lib.option("kl_ce", "student loss variant", choices=STUDENT_LOSSES)
     student_kl_weight: float | None = cfg_lib.option(
-        None, "weight of the student's KL term (default: alpha, as the reference does)")
+        None, "weight of the student's KL term (default as the reference: alpha in kl_ce and symmetric_kl_ce, "
+              "1 in kl and symmetric_kl)")
     student_ce_weight: float = cfg_lib.option(1.0, "weight of the student's CE term in *_ce variants")
+    teacher_target_mode: str = cfg_lib.option(
+        "train", "the teacher's mode when it gives the targets of the student-only steps: train (the reference: "
+                 "dropout on, BatchNorm batch statistics, its running statistics updated) or eval (no dropout, "
+                 "running statistics; the teacher left untouched)", choices=TEACHER_TARGET_MODES)
+    student_lr_schedule: str = cfg_lib.option(
+        "cosine", "cosine: the students follow the teacher's schedule; plateau: the reference's LSTM students "
+                  "(lstm_ptb.py), a constant learning rate times --student-lr-decay after each epoch where the "
+                  "models' summed validation perplexity and the student's own validation loss both got worse",
+        choices=STUDENT_LR_SCHEDULES)
+    student_lr_decay: float = cfg_lib.option(0.25, "factor of a plateau decay (--student-lr-schedule plateau)")
 
 
 LOT_FIELDS = ("alpha", "num_students", "student_weights", "student_steps_ratio", "temperature", "student_loss",
-              "student_kl_weight", "student_ce_weight")
+              "student_kl_weight", "student_ce_weight", "teacher_target_mode", "student_lr_schedule",
+              "student_lr_decay")
 EXPERIMENT_FIELDS = ("exp_name", "seed", "device", "run_dir", "run_name", "data_dir", "threads", "precision",
                      *TRACKING_FIELDS)
 
@@ -99,6 +118,13 @@ def validate_common(args: CommonArgs) -> None:
             f"--student-kl-weight must be >= 0, got {args.student_kl_weight}")
     require(args.threads >= 0, f"--threads must be >= 0 (0: torch's default), got {args.threads}")
     require(args.student_ce_weight >= 0, f"--student-ce-weight must be >= 0, got {args.student_ce_weight}")
+    require(args.student_lr_schedule in STUDENT_LR_SCHEDULES,
+            f"unknown --student-lr-schedule {args.student_lr_schedule!r}; choose one of "
+            f"{', '.join(STUDENT_LR_SCHEDULES)}")
+    require(0 < args.student_lr_decay <= 1, f"--student-lr-decay must be in (0, 1], got {args.student_lr_decay}")
+    require(args.teacher_target_mode in TEACHER_TARGET_MODES,
+            f"unknown --teacher-target-mode {args.teacher_target_mode!r}; choose one of "
+            f"{', '.join(TEACHER_TARGET_MODES)}")
     validate_tracking(args)
 
 
@@ -158,10 +184,20 @@ class LoTSettings:
     student_kl_weight: float | None = None
     student_ce_weight: float = 1.0
     teacher_max_grad_norm: float | None = None
+    teacher_target_mode: str = "train"
+    student_lr_schedule: str = "cosine"
+    student_lr_decay: float = 0.25
 
     @property
     def kl_weight(self) -> float:
-        return self.alpha if self.student_kl_weight is None else self.student_kl_weight
+        """The student's KL weight: ``student_kl_weight``, or the reference's (alpha beside CE, else 1)."""
+        if self.student_kl_weight is not None:
+            return self.student_kl_weight
+        return reference_kl_weight(self.student_loss, self.alpha)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.student_loss.startswith("symmetric")
 
 
 def _correct(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> tuple[float, int]:
@@ -180,6 +216,9 @@ class LoTSupervisedTrainer:
                  autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.teacher, self.optimizer, self.scheduler = teacher, optimizer, scheduler
         self.students, self.settings, self.autocast = students, settings, autocast
+        # --student-lr-schedule plateau: each model's best validation loss, each student's learning-rate factor
+        self.best_val_losses: dict[str, float] = {}
+        self.student_lr_factors = [1.0] * len(students)
 
     def teacher_step(self, inputs: torch.Tensor, labels: torch.Tensor, sample_weights: torch.Tensor | None = None,
                      forward: Forward = plain_forward) -> tuple[dict[str, float], torch.Tensor]:
@@ -198,7 +237,7 @@ class LoTSupervisedTrainer:
         loss = task_loss
         stats: dict[str, float] = {}
         if len(self.students):
-            penalty = self.students.penalty(teacher_logits, student_logits)
+            penalty = self.students.penalty(teacher_logits, student_logits, symmetric=s.symmetric)
             if s.alpha > 0:
                 loss = loss + s.alpha * penalty
             stats["lot/teacher_kl"] = float(penalty.detach())
@@ -227,13 +266,14 @@ class LoTSupervisedTrainer:
         return stats, teacher_logits.detach()
 
     def student_step(self, inputs: torch.Tensor, labels: torch.Tensor, forward: Forward = plain_forward) -> float:
-        """One student-only step: every student imitates the teacher's eval-mode predictions on ``inputs``.
+        """One student-only step: every student imitates the teacher's predictions on ``inputs``.
 
-        The teacher runs without autograd and in eval mode (no dropout, BatchNorm running statistics), so
-        these steps leave it untouched. Returns the mean student loss.
+        The teacher runs without autograd (its weights never change here) in ``teacher_target_mode``: in
+        train mode, as the reference, its dropout is on and its BatchNorm layers use and update batch
+        statistics; in eval mode it is left untouched. Returns the mean student loss.
         """
         s = self.settings
-        self.teacher.eval()
+        self.teacher.train(s.teacher_target_mode == "train")
         with torch.no_grad(), self.autocast():
             target = forward("teacher", self.teacher, inputs)
         self.teacher.train()
@@ -251,15 +291,46 @@ class LoTSupervisedTrainer:
         self.scheduler.step()
         self.students.scheduler_step()
 
+    def end_epoch(self, metrics: dict[str, float]) -> None:
+        """After an epoch's validation (``metrics`` holds ``<model>/val_loss``): with the plateau schedule,
+        multiply a student's learning rate by ``student_lr_decay`` if the summed validation perplexity of all
+        the models is worse than the sum of their bests and the student's own validation loss is worse than
+        its best (the reference's lstm_ptb.py); then update the bests."""
+        if self.settings.student_lr_schedule != "plateau":
+            return
+        losses = {name: metrics[f"{name}/val_loss"] for name in self.models()}
+        best = self.best_val_losses
+        if best:
+            perplexity = lambda loss: math.exp(min(loss, 50.0))
+            worse = sum(map(perplexity, best.values())) < sum(map(perplexity, losses.values()))
+            for i, opt in enumerate(self.students.optimizers):
+                if worse and best[f"student{i}"] < losses[f"student{i}"]:
+                    self.student_lr_factors[i] *= self.settings.student_lr_decay
+                    for group in opt.param_groups:
+                        group["lr"] *= self.settings.student_lr_decay
+        self.best_val_losses = {name: min(loss, best.get(name, math.inf)) for name, loss in losses.items()}
+
     def state_dict(self) -> dict[str, Any]:
         return {"teacher": self.teacher.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "students": self.students.state_dict()}
+                "scheduler": self.scheduler.state_dict(), "students": self.students.state_dict(),
+                "best_val_losses": dict(self.best_val_losses), "student_lr_factors": list(self.student_lr_factors)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.students.load_state_dict(state["students"])
+        """Restore what :meth:`state_dict` saved; the optimizers keep their hyperparameters (the options of
+        the resumed run, see :func:`lot_rl.checkpoint.restore_optimizer`)."""
+        try:
+            self.teacher.load_state_dict(state["teacher"])
+            restore_optimizer(self.optimizer, state["optimizer"], self.scheduler, state["scheduler"])
+            self.students.load_state_dict(state["students"])
+        except (RuntimeError, ValueError) as exc:  # another architecture: torch's many-line message
+            raise LoTUserError(f"the networks of these options do not fit the saved networks (a model option "
+                               f"changed on resume?): {str(exc).splitlines()[0]}") from exc
+        self.best_val_losses = dict(state.get("best_val_losses", {}))
+        self.student_lr_factors = list(state.get("student_lr_factors", self.student_lr_factors))
+        if self.settings.student_lr_schedule == "plateau":  # the decays so far, on the configured rate
+            for factor, opt in zip(self.student_lr_factors, self.students.optimizers):
+                for group in opt.param_groups:
+                    group["lr"] *= factor
 
     def models(self) -> dict[str, nn.Module]:
         """``{"teacher": ..., "student0": ..., ...}``."""
@@ -275,12 +346,14 @@ def make_trainer(args: CommonArgs, make_model: Callable[[str], nn.Module],
     teacher = make_model("teacher").to(device)
     optimizer = make_optimizer(teacher.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    cosine = args.student_lr_schedule == "cosine"  # plateau: constant, decayed by end_epoch
     students = Students([make_model("student").to(device) for _ in range(args.num_students)], make_optimizer,
-                        lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                        (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor)) if cosine else None,
                         weights=args.student_weights or None, temperature=args.temperature,
                         max_grad_norm=student_max_grad_norm)
     settings = LoTSettings(args.alpha, args.temperature, args.student_loss, args.student_kl_weight,
-                           args.student_ce_weight, teacher_max_grad_norm)
+                           args.student_ce_weight, teacher_max_grad_norm, args.teacher_target_mode,
+                           args.student_lr_schedule, args.student_lr_decay)
     return LoTSupervisedTrainer(teacher, optimizer, scheduler, students, settings,
                                 autocast_for(device, args.precision))
 
@@ -336,6 +409,7 @@ def prepare_run(args: CommonArgs, kind: str, dataset: str, resume: str | Path | 
     """The run folder (new, or the resumed run's) and the resumed checkpoint (or None)."""
     if resume is not None:
         checkpoint = load_checkpoint(resume, kind=kind)
+        cfg_lib.require_unchanged_on_resume(args, checkpoint["config"])
         return Path(checkpoint["path"]).parent, checkpoint
     run_name = args.run_name or f"{dataset}__{args.exp_name}__{args.seed}__{int(time.time())}"
     return make_run_dir(args.run_dir, run_name), None
@@ -421,7 +495,10 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
                 for key, value in sample_weighting.epoch_metrics().items():
                     scalars.setdefault(key, value)  # a task wrapper may have logged them already
             scalars.update(task.evaluate(trainer, "val"))
+            trainer.end_epoch(scalars)
             scalars["charts/learning_rate"] = trainer.optimizer.param_groups[0]["lr"]
+            if len(trainer.students):
+                scalars["charts/student_learning_rate"] = trainer.students.optimizers[0].param_groups[0]["lr"]
             scalars["charts/epoch_seconds"] = time.time() - epoch_start
             scalars["charts/teacher_steps"] = global_step
             logger.log(epoch, scalars)
