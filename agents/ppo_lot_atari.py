@@ -46,7 +46,7 @@ from lot_rl.runtime import autocast_for, keep_freed_memory, resolve_device
 CHECKPOINT_KIND = "atari-ppo-lot"
 STUDENT_ARCHS = ("nature", "small")
 # Options a resumed run cannot change (every other option given with --resume is applied).
-RESUME_FIXED = {**cfg_lib.FIXED_ON_RESUME,
+FIXED_ON_RESUME = {**cfg_lib.FIXED_ON_RESUME,
                 "student_arch": "the saved students have the other architecture; start a new run"}
 
 
@@ -406,7 +406,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         saved = checkpoint["config"]
         require(parse_env_id(saved["env_id"]).rom == game.rom,
                 f"checkpoint {checkpoint['path']} is from {saved['env_id']}, not {args.env_id}")
-        cfg_lib.require_unchanged_on_resume(args, saved, RESUME_FIXED)
+        cfg_lib.require_unchanged_on_resume(args, saved, FIXED_ON_RESUME)
         run_dir = Path(checkpoint["path"]).parent
     else:
         run_name = args.run_name or f"{game.name}__{args.exp_name}__{args.seed}__{int(time.time())}"
