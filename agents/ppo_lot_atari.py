@@ -49,7 +49,7 @@ from lot_rl.video import EpisodeRecorder, training_schedule
 CHECKPOINT_KIND = "atari-ppo-lot"
 STUDENT_ARCHS = ("nature", "small")
 # Options a resumed run cannot change (every other option given with --resume is applied).
-RESUME_FIXED = {**cfg_lib.FIXED_ON_RESUME,
+FIXED_ON_RESUME = {**cfg_lib.FIXED_ON_RESUME,
                 "student_arch": "the saved students have the other architecture; start a new run"}
 
 
@@ -485,7 +485,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         saved = checkpoint["config"]
         require(parse_env_id(saved["env_id"]).key == game.key,
                 f"checkpoint {checkpoint['path']} is from {saved['env_id']}, not {args.env_id}")
-        cfg_lib.require_unchanged_on_resume(args, saved, RESUME_FIXED)
+        cfg_lib.require_unchanged_on_resume(args, saved, FIXED_ON_RESUME)
 
     # Seeding (CleanRL)
     random.seed(args.seed)

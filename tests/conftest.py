@@ -27,8 +27,8 @@ def tiny_args(tmp_path):
 
     def make(**overrides):
         values = dict(total_timesteps=256, num_envs=2, num_steps=32, num_minibatches=2, update_epochs=2,
-                      obs_num=2, student_steps_ratio=1, run_dir=str(tmp_path / "runs"), run_name="run",
-                      save_every=1, env_threads=1)
+                      obs_num=2, student_steps_ratio=1, student_minibatches=2, run_dir=str(tmp_path / "runs"),
+                      run_name="run", save_every=1, env_threads=1)
         values.update(overrides)
         return Args(**values)
 
