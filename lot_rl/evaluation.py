@@ -485,7 +485,7 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}" if abs(x) < 1e6 else f"{x:.3g}"
 
 
-def _table(header: list[str], rows: list[list[str]], align_left: int = 1) -> str:
+def format_table(header: list[str], rows: list[list[str]], align_left: int = 1) -> str:
     """A plain-text table: the first ``align_left`` columns left-aligned, numbers right-aligned."""
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
 
@@ -522,7 +522,7 @@ def format_report(report: EvalReport) -> str:
             base = report.result(r.policy).summary.iqm
             row.append("-" if r.flavour == "default" else f"{s.iqm - base:+.1f}")
         rows.append(row)
-    lines += ["", _table(header, rows, align_left=2 if sweep else 1)]
+    lines += ["", format_table(header, rows, align_left=2 if sweep else 1)]
     cut = sum(sum(r.truncated) for r in report.results)
     if cut:
         lines.append(f"({cut} game(s) reached the {report.settings['max_frames']:,}-frame cap and count with "
@@ -614,7 +614,7 @@ def format_comparison(entries: Sequence[CompareEntry]) -> str:
     ]
     settings = base.result.settings
     title = f"{base.game}, {base.result.policy}; {describe_settings(settings)}"
-    return title + "\n\n" + _table(header, rows) + "\n" + \
+    return title + "\n\n" + format_table(header, rows) + "\n" + \
         "P(better): chance that a game of the run beats a game of the first run (0.5: no difference)"
 
 

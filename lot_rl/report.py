@@ -287,7 +287,7 @@ def _ci(mean: float, low: float | None, high: float | None, digits: int) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """The printed tables: per game, across games, probability of improvement, throughput, notes."""
-    from lot_rl.evaluation import _table
+    from lot_rl.evaluation import format_table
 
     boot = report["bootstrap"]
     lines = [f"{report['runs']} runs, {len(report['env_ids'])} game(s), variants {', '.join(report['variants'])}",
@@ -299,21 +299,21 @@ def format_report(report: dict[str, Any]) -> str:
         cells = {g["variant"]: g for g in report["per_game"] if g["env_id"] == env_id}
         rows.append([env_id] + [_ci(cells[v]["mean"], cells[v]["low"], cells[v]["high"], 2) + f" (n={cells[v]['runs']})"
                                 if v in cells else "-" for v in report["variants"]])
-    lines.append(_table(["game"] + report["variants"], rows))
+    lines.append(format_table(["game"] + report["variants"], rows))
     if report["aggregate"]:
         lines += ["", "Across games, normalized score (score - random) / (reference - random) [CI]"]
-        lines.append(_table(["variant", "games", "runs", "IQM", "mean"], [
+        lines.append(format_table(["variant", "games", "runs", "IQM", "mean"], [
             [a["variant"], str(a["games"]), str(a["runs"]), _ci(a["iqm"], a["iqm_low"], a["iqm_high"], 3),
              _ci(a["mean"], a["mean_low"], a["mean_high"], 3)] for a in report["aggregate"]]))
     if report["improvement"]:
         base = report["baseline"]
         lines += ["", f"Probability of improvement over {base}: P(run of X beats run of {base}), ties 1/2, "
                       f"averaged over games [CI]"]
-        lines.append(_table(["variant", "games", f"P(X > {base})"], [
+        lines.append(format_table(["variant", "games", f"P(X > {base})"], [
             [p["variant"], str(p["games"]), _ci(p["probability"], p["low"], p["high"], 3)]
             for p in report["improvement"]]))
     lines += ["", "Throughput"]
-    lines.append(_table(["variant", "runs", "env steps/s", "wall hours", "env steps"], [
+    lines.append(format_table(["variant", "runs", "env steps/s", "wall hours", "env steps"], [
         [t["variant"], str(t["runs"]), "-" if t["env_steps_per_s"] is None else f"{t['env_steps_per_s']:,.0f}",
          f"{t['wall_hours']:.2f}", f"{t['total_steps']:,}"] for t in report["throughput"]]))
     if report["normalization"]:
