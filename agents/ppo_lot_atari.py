@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -55,6 +55,8 @@ FIXED_ON_RESUME = {**cfg_lib.FIXED_ON_RESUME,
 
 @dataclass
 class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) come first
+    # Options added later whose default changed behaviour: what runs saved before them did (lot_rl.config.from_dict)
+    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"life_loss_restart": False}
     # --- experiment
     exp_name: str = cfg_lib.option("ppo_lot", "name of the experiment (part of the run name)")
     seed: int = cfg_lib.option(1, "seed of the experiment")
@@ -78,6 +80,10 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
     full_action_space: bool = cfg_lib.option(False, "Atari only: use all 18 Atari actions")
     env_threads: int = cfg_lib.option(0, "Atari only: threads of the native vector env (0: one per env up to "
                                       "the cores)")
+    life_loss_restart: bool = cfg_lib.option(
+        True, "Atari, native backend: after a life loss take CleanRL's hidden NOOP, FIRE, action-2 steps (left "
+        "out of the loss) and restart the frame stack, as CleanRL's wrappers do (docs/learning_parity.md); "
+        "--no-life-loss-restart: the native env's own behaviour (the agent must press FIRE)")
     max_episode_frames: int | None = cfg_lib.option(
         None, "frames before a game is truncated (default: 108,000 on Atari, 30 minutes, the standard; none on "
         "MinAtar, its protocol; the reference's old gym: 400,000)")
@@ -378,28 +384,42 @@ def lr_factor(args: Args):
 # The PPO loss (CleanRL's), as a function so that tests can hold it against an independent computation.
 
 
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return x.mean() if mask is None else (x * mask).sum() / mask.sum().clamp_min(1.0)
+
+
 def ppo_loss(agent: Agent, obs: torch.Tensor, actions: torch.Tensor, old_logprobs: torch.Tensor,
-             advantages: torch.Tensor, returns: torch.Tensor, old_values: torch.Tensor, args: Args):
-    """CleanRL's clipped PPO loss on one minibatch. Returns (loss, stats dict of tensors, new logits)."""
+             advantages: torch.Tensor, returns: torch.Tensor, old_values: torch.Tensor, args: Args,
+             mask: torch.Tensor | None = None):
+    """CleanRL's clipped PPO loss on one minibatch. Returns (loss, stats dict of tensors, new logits).
+
+    ``mask`` (1: the agent's decision, 0: an action the env forced, see ``LifeLossRestart``) leaves forced
+    steps out of every mean, the advantages' normalization included; None is CleanRL's loss exactly.
+    """
     _, newlogprob, entropy, newvalue, logits = agent.get_action_and_value(obs, actions.long())
     logratio = newlogprob - old_logprobs
     ratio = logratio.exp()
     with torch.no_grad():
-        old_approx_kl = (-logratio).mean()
-        approx_kl = ((ratio - 1) - logratio).mean()
-        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+        old_approx_kl = _masked_mean(-logratio, mask)
+        approx_kl = _masked_mean((ratio - 1) - logratio, mask)
+        clipfrac = _masked_mean(((ratio - 1.0).abs() > args.clip_coef).float(), mask)
     if args.norm_adv:
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-    pg_loss = torch.max(-advantages * ratio,
-                        -advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+        if mask is None:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        else:
+            mean = _masked_mean(advantages, mask)
+            std = ((mask * (advantages - mean) ** 2).sum() / (mask.sum() - 1).clamp_min(1.0)).sqrt()
+            advantages = (advantages - mean) / (std + 1e-8)
+    pg_loss = _masked_mean(torch.max(-advantages * ratio,
+                                     -advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)), mask)
     newvalue = newvalue.view(-1)
     if args.clip_vloss:
         v_unclipped = (newvalue - returns) ** 2
         v_clipped = old_values + torch.clamp(newvalue - old_values, -args.clip_coef, args.clip_coef)
-        v_loss = 0.5 * torch.max(v_unclipped, (v_clipped - returns) ** 2).mean()
+        v_loss = 0.5 * _masked_mean(torch.max(v_unclipped, (v_clipped - returns) ** 2), mask)
     else:
-        v_loss = 0.5 * ((newvalue - returns) ** 2).mean()
-    entropy_loss = entropy.mean()
+        v_loss = 0.5 * _masked_mean((newvalue - returns) ** 2, mask)
+    entropy_loss = _masked_mean(entropy, mask)
     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
     stats = {name: value.detach() for name, value in dict(
         policy_loss=pg_loss, value_loss=v_loss, entropy=entropy_loss, old_approx_kl=old_approx_kl,
@@ -414,7 +434,8 @@ def students_learn_on_ppo_batches(args: Args, students: Students) -> bool:
 
 
 def lot_ppo_loss(agent: Agent, students: Students, obs, actions, old_logprobs, advantages, returns,
-                 old_values, args: Args, *, alpha_now: float, autocast=contextlib.nullcontext):
+                 old_values, args: Args, *, alpha_now: float, autocast=contextlib.nullcontext,
+                 mask: torch.Tensor | None = None):
     """One PPO minibatch's loss with LoT: the sum whose single backward updates teacher and students.
 
     ``ppo_loss + alpha_now * sum_i lambda_i kl(teacher, student_i.detach(), T)`` (the teacher's part) plus,
@@ -422,12 +443,13 @@ def lot_ppo_loss(agent: Agent, students: Students, obs, actions, old_logprobs, a
     which reaches only the students). With ``--no-detach`` neither target is detached, as in the
     reference's ``--detach 0``: each part reaches both sides. Each network is then clipped and stepped with its own optimizer,
     which equals separate updates. ``alpha_now`` is the alpha in force this update (0 while the penalty is
-    off); ``args.alpha`` is not read here. Returns (loss, stats) with ``teacher_kl``/``student_kl`` when
-    present.
+    off); ``args.alpha`` is not read here. ``mask`` leaves forced steps out of the PPO terms (``ppo_loss``);
+    the LoT terms keep every state (the teacher's policy there is still its policy). Returns (loss, stats)
+    with ``teacher_kl``/``student_kl`` when present.
     """
     with autocast():
         loss, stats, teacher_logits = ppo_loss(agent, obs, actions, old_logprobs, advantages, returns,
-                                               old_values, args)
+                                               old_values, args, mask)
         with torch.set_grad_enabled(students_learn_on_ppo_batches(args, students)):
             student_logits = students.logits(obs) if len(students) else []
     if len(students):
@@ -496,7 +518,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     envs = make_env(args.env_id, args.num_envs, args.seed, backend=args.env_backend,
                     repeat_action_probability=args.repeat_action_probability,
                     full_action_space=args.full_action_space, num_threads=args.env_threads,
-                    max_episode_frames=args.max_episode_frames, video_frames=args.capture_video)
+                    max_episode_frames=args.max_episode_frames, video_frames=args.capture_video,
+                    life_loss_restart=args.life_loss_restart)
     num_actions = int(envs.single_action_space.n)
     obs_shape = envs.single_observation_space.shape  # the networks follow it: Atari frames or MinAtar grids
     if checkpoint is not None:
@@ -529,6 +552,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
     rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
     dones = torch.zeros((args.num_steps, args.num_envs), device=device)
+    decided = torch.ones((args.num_steps, args.num_envs), device=device)  # 0: the env forced the action
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
     global_step, start_update = 0, 1
@@ -599,6 +623,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 logprobs[step] = logprob
                 next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
                 rewards[step] = torch.as_tensor(np.sign(reward) if args.clip_rewards else reward, device=device)
+                if "forced" in infos:
+                    decided[step] = torch.as_tensor(~infos["forced"], device=device, dtype=torch.float32)
                 next_obs = torch.as_tensor(next_obs_np, device=device)
                 next_done = torch.as_tensor(np.logical_or(terminations, truncations), device=device,
                                             dtype=torch.float32)
@@ -619,6 +645,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
             b_logprobs, b_actions = logprobs.reshape(-1), actions.reshape(-1)
             b_advantages, b_returns, b_values = advantages.reshape(-1), returns.reshape(-1), values.reshape(-1)
+            # Steps whose action the env forced are left out of the PPO loss (None: all are the agent's)
+            b_mask = None if bool(decided.all()) else decided.reshape(-1)
             if args.channels_last:
                 b_obs = b_obs.contiguous(memory_format=torch.channels_last)
 
@@ -637,7 +665,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                     mb = torch.as_tensor(b_inds[start:start + args.minibatch_size], device=device)
                     loss, stats = lot_ppo_loss(agent, students, b_obs[mb], b_actions[mb], b_logprobs[mb],
                                                b_advantages[mb], b_returns[mb], b_values[mb], args,
-                                               alpha_now=alpha_now, autocast=autocast)
+                                               alpha_now=alpha_now, autocast=autocast,
+                                               mask=None if b_mask is None else b_mask[mb])
                     if "teacher_kl" in stats:
                         teacher_kls.append(float(stats["teacher_kl"]))
                     if "student_kl" in stats:

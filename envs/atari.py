@@ -52,6 +52,8 @@ gym.register_envs(ale_py)
 
 BACKENDS = ("ale", "gymnasium")
 MAX_EPISODE_FRAMES = 108_000  # 30 minutes of play at 60 Hz, the standard cap
+FRAME_STACK = 4
+NOOP, FIRE = 0, 1  # action indices in every minimal action set that has FIRE (SB3's FireResetEnv asserts it)
 _ID_PATTERN = re.compile(r"^(?:ALE/)?(?P<name>[A-Za-z0-9]+?)(?P<noframeskip>NoFrameskip)?(?:-v(?P<version>\d+))?$")
 
 
@@ -124,7 +126,7 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
                    episodic_life: bool = True, repeat_action_probability: float | None = None,
                    full_action_space: bool = False, mode: int | None = None, difficulty: int | None = None,
                    render: bool = False, num_threads: int = 0,
-                   max_episode_frames: int = MAX_EPISODE_FRAMES) -> VectorEnv:
+                   max_episode_frames: int = MAX_EPISODE_FRAMES, life_loss_restart: bool = False) -> VectorEnv:
     """Build ``num_envs`` preprocessed Atari envs (see the module docstring), already validated.
 
     Args:
@@ -133,6 +135,8 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         repeat_action_probability: sticky actions; None takes the id's protocol (v4: 0, v5: 0.25).
         mode, difficulty: ALE game flavour (``gymnasium`` backend only; chosen automatically if given).
         render: keep full-resolution RGB frames available through ``env.call("render")`` (gymnasium).
+        life_loss_restart: native backend: restart each life as CleanRL's wrappers do (:class:`LifeLossRestart`);
+            the gymnasium backend always does (it is CleanRL's wrappers).
     Reset the returned env with ``env.reset(seed=seed)``; ``seed`` here seeds action-space sampling.
     """
     game = parse_env_id(env_id)
@@ -147,11 +151,13 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         env = ale_py.vector_env.AtariVectorEnv(
             game.rom, num_envs, num_threads=num_threads, autoreset_mode=AutoresetMode.SAME_STEP,
             repeat_action_probability=sticky, full_action_space=full_action_space,
-            noop_max=30, frameskip=4, maxpool=True, stack_num=4, img_height=84, img_width=84,
-            grayscale=True, use_fire_reset=True, reward_clipping=False,
+            noop_max=30, frameskip=4, maxpool=True, stack_num=1 if life_loss_restart else FRAME_STACK,
+            img_height=84, img_width=84, grayscale=True, use_fire_reset=True, reward_clipping=False,
             episodic_life=False, life_loss_info=episodic_life,  # episodic_life=True would reset the game
             max_num_frames_per_episode=max_episode_frames)
         env = AleEpisodeStatistics(env, frame_skip=4, max_frames=max_episode_frames)
+        if life_loss_restart:
+            env = LifeLossRestart(env, fire="FIRE" in _action_meanings(game.gymnasium_id, full_action_space))
     else:
         fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, episodic_life, render,
                                  max_episode_frames) for _ in range(num_envs)]
@@ -268,6 +274,69 @@ class AleEpisodeStatistics(VectorWrapper):
         self._lives = lives
         self._frames = frames
         return obs, reward.astype(np.float32), terminated, truncated, info
+
+
+class LifeLossRestart(VectorWrapper):
+    """Restart each life of ale-py's native vector env as CleanRL's EpisodicLifeEnv + FireResetEnv do.
+
+    After a life loss CleanRL's wrappers take NOOP, then FIRE and action 2 (in games with FIRE) inside their
+    reset, where the agent never acts, and restart the frame stack with four copies of the frame after them.
+    The native env cannot step one env alone, so here those actions replace the agent's in the next steps of
+    that env and ``info["forced"]`` marks them: the learner leaves those steps out of its loss (they are not
+    its decisions), so it learns from the same decisions as with CleanRL's wrappers, at the cost of the
+    forced steps' agent steps (3 per life in games with FIRE, 1 in others). The stack is restarted after the
+    last forced step, and at every new game (the native env starts games with three blank frames instead).
+    Wraps a native env built with ``stack_num=1`` and stacks the frames itself. Life losses are read from
+    ``info["lives"]``, so this works for full-game evaluation (no termination at life losses) too: the
+    agent then also never has to press FIRE to relaunch the ball, as it never had to in training.
+    """
+
+    def __init__(self, env: VectorEnv, fire: bool, stack: int = FRAME_STACK):
+        super().__init__(env)
+        self._plan = np.array([NOOP, FIRE, 2] if fire else [NOOP], dtype=np.int64)
+        frame = env.single_observation_space.shape[1:]
+        self.single_observation_space = gym.spaces.Box(0, 255, (stack, *frame), np.uint8)
+        self.observation_space = gym.spaces.Box(0, 255, (self.num_envs, stack, *frame), np.uint8)
+        self._stack = np.zeros((self.num_envs, stack, *frame), np.uint8)
+        self._pending = np.zeros(self.num_envs, np.int64)  # forced steps still to take, per env
+        self._lives = np.zeros(self.num_envs, np.int64)
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        mask = np.ones(self.num_envs, bool) if not options or "reset_mask" not in options else options["reset_mask"]
+        self._stack[mask] = obs[mask]  # broadcast: the frame, `stack` times
+        self._pending[mask] = 0
+        self._lives[mask] = info["lives"][mask]
+        return self._stack.copy(), info
+
+    def step(self, actions):
+        actions = np.array(actions, dtype=np.int64)
+        forced = self._pending > 0
+        actions[forced] = self._plan[len(self._plan) - self._pending[forced]]
+        obs, reward, terminated, truncated, info = self.env.step(actions)
+        lives = info["lives"].astype(np.int64)
+        new_game = (terminated | truncated) & (lives >= self._lives)  # the env started the next game itself
+        life_lost = (lives < self._lives) & ~new_game
+        self._pending[forced] -= 1
+        restart = new_game | (forced & (self._pending == 0) & ~life_lost)
+        self._pending[new_game] = 0
+        self._pending[life_lost] = len(self._plan)
+        self._lives = lives
+        self._stack[:, :-1] = self._stack[:, 1:]
+        self._stack[:, -1] = obs[:, 0]
+        self._stack[restart] = obs[restart]
+        info = dict(info)
+        info["forced"] = forced
+        return self._stack.copy(), reward, terminated, truncated, info
+
+
+@lru_cache(maxsize=None)
+def _action_meanings(gymnasium_id: str, full_action_space: bool) -> tuple[str, ...]:
+    env = gym.make(gymnasium_id, full_action_space=full_action_space)
+    try:
+        return tuple(env.unwrapped.get_action_meanings())
+    finally:
+        env.close()
 
 
 class GameEpisodeStatistics(VectorWrapper):

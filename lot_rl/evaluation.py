@@ -381,6 +381,8 @@ def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict
             "seed": settings.seed, "num_envs": min(settings.num_envs, settings.episodes), "sticky": float(sticky),
             "mode": settings.mode, "difficulty": settings.difficulty, "max_frames": settings.max_frames,
             "full_action_space": bool(config.get("full_action_space", False)), "full_games": True,
+            # play lives as the policy learnt them (runs saved before the option existed had no restart)
+            "life_loss_restart": bool(config.get("life_loss_restart", False)),
             "frames_per_step": game.frames_per_step,
             "backend": settings.backend, "device": settings.device}
 
@@ -396,7 +398,7 @@ def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, A
     env = make_env(resolved["env_id"], resolved["num_envs"], resolved["seed"], training=False, backend=backend,
                    repeat_action_probability=resolved["sticky"], full_action_space=resolved["full_action_space"],
                    mode=resolved["mode"], difficulty=resolved["difficulty"], render=record,
-                   max_episode_frames=resolved["max_frames"])
+                   max_episode_frames=resolved["max_frames"], life_loss_restart=resolved["life_loss_restart"])
     try:
         actions = int(env.single_action_space.n)
         require(actions == int(checkpoint["num_actions"]),
