@@ -16,16 +16,18 @@ observation is already the first one of the next episode, as PPO's rollout expec
 
 Two backends build the same pipeline:
 
-- ``"ale"`` (default, fast): ale-py's native C++ ``AtariVectorEnv`` stepping all envs in threads. It
-  differs from CleanRL after a life loss (tested in ``tests/test_atari_envs.py``): it reports the
-  termination and the game runs on, with no hidden steps; the frame stack keeps the frames around the
-  life loss, and in games that wait for FIRE (Breakout) the ball stays put until the agent presses it.
-  CleanRL's EpisodicLifeEnv + FireResetEnv instead take NOOP, FIRE and action 2 inside the reset (12
-  emulator frames the agent never sees) and restart the stack with four copies of the frame after them.
-  ale-py 0.12's options cannot do that: ``episodic_life=True`` restarts the whole game at every life
-  loss (lives back to 5), and one env of the vector cannot be stepped alone.
-  Its grayscale and resize run in the other order (gray, then resize) than CleanRL's, so pixels differ
-  by rounding.
+- ``"ale"`` (default, fast): ale-py's native C++ ``AtariVectorEnv`` stepping all envs in threads. On its
+  own it differs from CleanRL after a life loss: it reports the termination and the game runs on, with no
+  hidden steps; the frame stack keeps the frames around the life loss, and in games that wait for FIRE
+  (Breakout) the ball stays put until the agent presses it. CleanRL's EpisodicLifeEnv + FireResetEnv instead
+  take NOOP, FIRE and action 2 inside the reset (12 emulator frames the agent never sees) and restart the
+  stack with four copies of the frame after them; that made our PPO learn Breakout slower than CleanRL's
+  (issue 18, docs/learning_parity.md). ale-py 0.12's options cannot do the same (``episodic_life=True``
+  restarts the whole game at every life loss, lives back to 5) and one env of the vector cannot be stepped
+  alone, so ``life_loss_restart`` (:class:`LifeLossRestart`, lot-rl train's default) forces those actions
+  in the env's next steps, marks them for the learner to leave out of its loss, and restarts the stack.
+  Tested in ``tests/test_atari_envs.py``. Its grayscale and resize run in the other order (gray, then
+  resize) than CleanRL's, so pixels differ by rounding (at most one gray level).
 - ``"gymnasium"``: ``gymnasium.make`` plus SB3's Atari wrappers in CleanRL's order, frames turned gray as
   CleanRL's gymnasium 0.29 did (:func:`luminance_grayscale`), in a ``SyncVectorEnv``: the same
   observations, rewards and terminations as CleanRL's ``make_env`` for the same seed and actions (tested);

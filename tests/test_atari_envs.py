@@ -155,22 +155,36 @@ def _lives(env, info) -> int:
     return int(info["lives"][0]) if "lives" in info else env.env.envs[0].unwrapped.ale.lives()
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_what_each_backend_does_after_a_life_loss_on_breakout(backend):
+@pytest.mark.parametrize("backend, restart", [("gymnasium", None), ("ale", True), ("ale", False)])
+def test_what_each_backend_does_after_a_life_loss_on_breakout(backend, restart):
     """Issue 12 / 18: after a life loss the gymnasium backend (CleanRL's EpisodicLifeEnv + FireResetEnv) takes
     NOOP, FIRE and RIGHT inside its reset and restarts the frame stack: the agent's next observation is four
-    copies of one frame and the ball is already in play. The native backend only reports the life loss: the
-    stack keeps the frames around it and the ball waits until the agent presses FIRE."""
-    env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend=backend)
+    copies of one frame and the ball is already in play. The native backend with ``life_loss_restart`` (the
+    default since issue 18) does the same, except that its three hidden steps are forced steps the learner
+    sees marked in ``info["forced"]``. Without it, the native env only reports the life loss: the stack keeps
+    the frames around it and the ball waits until the agent presses FIRE (what made our PPO learn slower)."""
+    env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend=backend, life_loss_restart=bool(restart))
     _, info = env.reset(seed=3)
     assert _lives(env, info) == 5
     obs, info, lost_at = _noop(env, 500)  # the game's start is fired by both backends: the ball falls past
     assert lost_at is not None and _lives(env, info) == 4
+    if restart:
+        assert not info["forced"].any()  # the step that lost the life was the agent's
+        forced_actions = []
+        for _ in range(3):
+            env_actions = []
+            original_step = env.env.step
+            env.env.step = lambda a: (env_actions.append(int(a[0])), original_step(a))[1]
+            obs, _, _, _, info = env.step(np.zeros(1, dtype=np.int64))
+            env.env.step = original_step
+            assert info["forced"][0]  # the learner leaves these steps out of its loss
+            forced_actions += env_actions
+        assert forced_actions == [0, 1, 2]  # NOOP, FIRE, RIGHT: CleanRL's hidden steps, in its order
     frames_alike = all(np.array_equal(obs[0, 0], obs[0, k]) for k in range(1, 4))
     _, info, next_loss = _noop(env, 300)  # the agent never presses FIRE
-    if backend == "gymnasium":
+    if backend == "gymnasium" or restart:
         assert frames_alike  # a fresh stack
-        assert next_loss is not None and _lives(env, info) == 3  # the wrappers launched the ball
+        assert next_loss is not None and _lives(env, info) == 3  # the ball was launched for the agent
     else:
         assert not frames_alike  # the stack runs on across the life loss
         assert next_loss is None and _lives(env, info) == 4  # the ball waits for FIRE
@@ -178,3 +192,27 @@ def test_what_each_backend_does_after_a_life_loss_on_breakout(backend):
         _, info, next_loss = _noop(env, 300)
         assert next_loss is not None and _lives(env, info) == 3
     env.close()
+
+
+def test_life_loss_restart_stacks_frames_as_the_native_env_between_life_losses():
+    """The restarting wrapper stacks frames itself (the native env runs with a stack of one): between life
+    losses its observations equal the native env's own 4-frame stack, for the same seed and actions."""
+    ours = make_atari_env("BreakoutNoFrameskip-v4", 2, backend="ale", life_loss_restart=True)
+    native = make_atari_env("BreakoutNoFrameskip-v4", 2, backend="ale", life_loss_restart=False)
+    obs_a, _ = ours.reset(seed=5)
+    obs_b, _ = native.reset(seed=5)
+    assert np.array_equal(obs_a[:, -1], obs_b[:, -1])  # the first frame; the native stack pads with blanks
+    rng = np.random.default_rng(0)
+    compared = 0
+    for step in range(200):  # up to the first life loss
+        actions = rng.integers(0, 4, 2)
+        obs_a, r_a, term_a, _, info_a = ours.step(actions)
+        obs_b, r_b, term_b, _, _ = native.step(actions)
+        assert not info_a["forced"].any() and np.array_equal(term_a, term_b) and np.array_equal(r_a, r_b)
+        if term_a.any():
+            break
+        if step >= 3:  # once the blank padding of the native stack has rolled out
+            assert np.array_equal(obs_a, obs_b)
+            compared += 1
+    assert compared >= 10
+    ours.close(), native.close()

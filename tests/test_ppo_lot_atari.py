@@ -59,6 +59,41 @@ def test_ppo_loss_matches_independent_cleanrl_computation():
     assert 0.0 <= stats["clipfrac"].item() <= 1.0
 
 
+def test_ppo_loss_leaves_forced_steps_out_as_if_they_were_never_in_the_minibatch():
+    """Issue 18: the steps whose action the env forced (LifeLossRestart's hidden steps) weigh nothing: the
+    masked loss, its gradients and its statistics equal CleanRL's loss on the agent's own steps alone, the
+    advantages' normalization included; an all-ones mask is the unmasked loss."""
+    torch.manual_seed(0)
+    agent, b, args = lot.Agent(4), _batch(n=16), lot.Args()
+    mask = torch.ones(16)
+    mask[[2, 3, 4, 11]] = 0.0
+    kept = {k: v[mask.bool()] for k, v in b.items()}
+    masked, masked_stats, _ = lot.ppo_loss(agent, b["obs"], b["actions"], b["old_logprobs"], b["advantages"],
+                                           b["returns"], b["old_values"], args, mask)
+    alone, alone_stats, _ = lot.ppo_loss(agent, kept["obs"], kept["actions"], kept["old_logprobs"],
+                                         kept["advantages"], kept["returns"], kept["old_values"], args)
+    params = list(agent.parameters())
+    for g1, g2 in zip(torch.autograd.grad(masked, params), torch.autograd.grad(alone, params)):
+        torch.testing.assert_close(g1, g2, rtol=1e-4, atol=1e-7)
+    assert masked.item() == pytest.approx(alone.item(), rel=1e-5)
+    for name in alone_stats:
+        assert masked_stats[name].item() == pytest.approx(alone_stats[name].item(), rel=1e-5, abs=1e-7)
+    ones, _, _ = lot.ppo_loss(agent, b["obs"], b["actions"], b["old_logprobs"], b["advantages"], b["returns"],
+                              b["old_values"], args, torch.ones(16))
+    plain, _, _ = lot.ppo_loss(agent, b["obs"], b["actions"], b["old_logprobs"], b["advantages"], b["returns"],
+                               b["old_values"], args)
+    assert ones.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_runs_saved_before_life_loss_restart_existed_resume_without_it():
+    """A checkpoint's config from before the option keeps the native env's own life losses on resume and in
+    evaluation; a new run gets the restart by default."""
+    old = cfg_lib.to_dict(lot.Args())
+    del old["life_loss_restart"]
+    assert cfg_lib.from_dict(lot.Args, old).life_loss_restart is False
+    assert lot.Args().life_loss_restart is True
+
+
 class _CleanRLAgent(torch.nn.Module):
     """CleanRL's ppo_atari.py network as it builds it: NCHW float frames divided by 255.0 in the forward."""
 
@@ -522,3 +557,41 @@ def test_minatar_run_resumes_and_stays_on_its_game(tmp_path, capsys):
     assert (ckpt["update"], ckpt["global_step"], ckpt["config"]["env_id"]) == (2, 256, "MinAtar/Breakout-v1")
     assert main(["train", "--resume", str(run_dir), "--env-id", "BreakoutNoFrameskip-v4"]) == 2
     assert "is from MinAtar/Breakout-v1, not BreakoutNoFrameskip-v4" in capsys.readouterr().err
+
+
+def test_training_leaves_the_forced_steps_of_each_restarted_life_out_of_the_loss(tmp_path, monkeypatch):
+    """Issue 18, end to end: in a real native-env rollout on Breakout, every life loss is followed by three
+    forced steps of that env, and exactly those reach the PPO loss with weight 0."""
+    forced_seen, masks = [], []
+    real_lot_ppo_loss = lot.lot_ppo_loss
+
+    def spy(*a, mask=None, **kw):
+        masks.append(None if mask is None else mask.clone())
+        return real_lot_ppo_loss(*a, mask=mask, **kw)
+
+    monkeypatch.setattr(lot, "lot_ppo_loss", spy)
+    real_make_env = lot.make_env
+
+    def recording_make_env(*a, **kw):
+        env = real_make_env(*a, **kw)
+        step = env.step
+
+        def recorded(actions):
+            out = step(actions)
+            forced_seen.append((out[2].copy(), out[4]["forced"].copy()))
+            return out
+        env.step = recorded
+        return env
+
+    monkeypatch.setattr(lot, "make_env", recording_make_env)
+    tiny = dict(total_timesteps=256, num_envs=2, num_steps=128, num_minibatches=1, update_epochs=1,
+                run_dir=str(tmp_path), threads=1)
+    lot.train(cfg_lib.resolve(lot.Args, tiny, lot.PRESETS, "ppo"))
+    terminated = np.stack([t for t, _ in forced_seen])  # (steps, envs)
+    forced = np.stack([f for _, f in forced_seen])
+    assert forced.sum() >= 3
+    for env in range(2):  # each forced run starts right after a termination that was a life loss
+        starts = np.flatnonzero(forced[1:, env] & ~forced[:-1, env]) + 1
+        assert all(terminated[s - 1, env] for s in starts)
+    assert len(masks) == 1 and masks[0] is not None  # one minibatch: the whole rollout, shuffled
+    assert masks[0].numel() == forced.size and int((masks[0] == 0).sum()) == int(forced.sum()) > 0
