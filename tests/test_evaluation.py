@@ -39,10 +39,10 @@ def one_torch_thread():
 
 def write_checkpoint(folder: Path, teacher_action: int | None = None, student_action: int | None = None,
                      env_id: str = "BreakoutNoFrameskip-v4", num_actions: int = 4, seed: int = 0,
-                     obs_shape: tuple[int, ...] = (4, 84, 84)) -> Path:
+                     obs_shape: tuple[int, ...] = (4, 84, 84), life_loss_restart: bool = True) -> Path:
     """A checkpoint with the payload `lot-rl train` writes; optionally constant-action policies."""
     torch.manual_seed(seed)
-    args = Args(env_id=env_id, num_students=1)
+    args = Args(env_id=env_id, num_students=1, life_loss_restart=life_loss_restart)
     agent = Agent(num_actions, obs_shape)
     students = make_students(args, num_actions, torch.device("cpu"), lambda _: 1.0, obs_shape)
     for net, action in ((agent, teacher_action), (students.networks[0], student_action)):
@@ -66,8 +66,8 @@ def random_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fixed_run(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("fixed_run")
-    write_checkpoint(folder, teacher_action=FIRE, student_action=LEFT)
+    folder = tmp_path_factory.mktemp("fixed_run")  # trained with the native env's own life losses
+    write_checkpoint(folder, teacher_action=FIRE, student_action=LEFT, life_loss_restart=False)
     return folder
 
 
@@ -128,6 +128,16 @@ def test_policies_are_the_saved_networks_and_the_frame_cap_cuts_games(fixed_run)
     # always LEFT: the ball is never relaunched after the first life, so the cap ends the game
     assert all(student.truncated) and min(student.lengths) >= 1100
     assert report.global_step == 7168
+
+
+def test_evaluation_plays_lives_as_the_run_was_trained(tmp_path):
+    """Issue 18: a run trained with the life-loss restart is evaluated with it: the ball is relaunched for the
+    always-LEFT policy after every life loss, so its games end (the one trained without it stalls, above)."""
+    write_checkpoint(tmp_path, teacher_action=FIRE, student_action=LEFT, life_loss_restart=True)
+    report = evaluation.evaluate(tmp_path, "student:0", evaluation.EvalSettings(episodes=2, num_envs=2,
+                                                                                max_frames=5000))
+    student = report.results[0]
+    assert student.settings["life_loss_restart"] and not any(student.truncated)
 
 
 @pytest.fixture(scope="module")
