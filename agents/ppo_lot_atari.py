@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,8 +55,6 @@ FIXED_ON_RESUME = {**cfg_lib.FIXED_ON_RESUME,
 
 @dataclass
 class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) come first
-    # Options added later whose default changed behaviour: what runs saved before them did (lot_rl.config.from_dict)
-    SAVED_BEFORE: ClassVar[dict[str, Any]] = {"life_loss_restart": False}
     # --- experiment
     exp_name: str = cfg_lib.option("ppo_lot", "name of the experiment (part of the run name)")
     seed: int = cfg_lib.option(1, "seed of the experiment")
@@ -81,9 +79,9 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
     env_threads: int = cfg_lib.option(0, "Atari only: threads of the native vector env (0: one per env up to "
                                       "the cores)")
     life_loss_restart: bool = cfg_lib.option(
-        True, "Atari, native backend: after a life loss take CleanRL's hidden NOOP, FIRE, action-2 steps (left "
-        "out of the loss) and restart the frame stack, as CleanRL's wrappers do (docs/learning_parity.md); "
-        "--no-life-loss-restart: the native env's own behaviour (the agent must press FIRE)")
+        False, "Atari, native backend: after a life loss take CleanRL's hidden NOOP, FIRE, action-2 steps (left "
+        "out of the loss) and restart the frame stack, as CleanRL's wrappers do (docs/learning_parity.md; off: "
+        "the native env's own behaviour, the agent presses FIRE)")
     max_episode_frames: int | None = cfg_lib.option(
         None, "frames before a game is truncated (default: 108,000 on Atari, 30 minutes, the standard; none on "
         "MinAtar, its protocol; the reference's old gym: 400,000)")

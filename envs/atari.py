@@ -21,11 +21,12 @@ Two backends build the same pipeline:
   hidden steps; the frame stack keeps the frames around the life loss, and in games that wait for FIRE
   (Breakout) the ball stays put until the agent presses it. CleanRL's EpisodicLifeEnv + FireResetEnv instead
   take NOOP, FIRE and action 2 inside the reset (12 emulator frames the agent never sees) and restart the
-  stack with four copies of the frame after them; that made our PPO learn Breakout slower than CleanRL's
-  (issue 18, docs/learning_parity.md). ale-py 0.12's options cannot do the same (``episodic_life=True``
-  restarts the whole game at every life loss, lives back to 5) and one env of the vector cannot be stepped
-  alone, so ``life_loss_restart`` (:class:`LifeLossRestart`, lot-rl train's default) forces those actions
-  in the env's next steps, marks them for the learner to leave out of its loss, and restarts the stack.
+  stack with four copies of the frame after them.
+  ale-py 0.12's options cannot do the same (``episodic_life=True`` restarts the whole game at every life
+  loss, lives back to 5) and one env of the vector cannot be stepped alone, so ``life_loss_restart``
+  (:class:`LifeLossRestart`, ``lot-rl train --life-loss-restart``) forces those actions in the env's next
+  steps, marks them for the learner to leave out of its loss, and restarts the stack. Whether that changes
+  learning is measured in issue 18 (docs/learning_parity.md): so far it does not close the gap to CleanRL.
   Tested in ``tests/test_atari_envs.py``. Its grayscale and resize run in the other order (gray, then
   resize) than CleanRL's, so pixels differ by rounding (at most one gray level).
 - ``"gymnasium"``: ``gymnasium.make`` plus SB3's Atari wrappers in CleanRL's order, frames turned gray as

@@ -216,11 +216,8 @@ def to_dict(cfg) -> dict[str, Any]:
 
 
 def from_dict(cls, values: dict[str, Any]):
-    """Rebuild ``cls`` from :func:`to_dict` output, ignoring keys this version no longer has. Options added
-    since the values were saved take ``cls.SAVED_BEFORE``'s value where it names one (the behaviour runs
-    had before the option existed), else their default."""
+    """Rebuild ``cls`` from :func:`to_dict` output, ignoring keys this version no longer has."""
     names = {f.name for f in dataclasses.fields(cls)}
-    values = {**getattr(cls, "SAVED_BEFORE", {}), **values}
     return cls(**{k: v for k, v in values.items() if k in names})
 
 

@@ -159,10 +159,10 @@ def _lives(env, info) -> int:
 def test_what_each_backend_does_after_a_life_loss_on_breakout(backend, restart):
     """Issue 12 / 18: after a life loss the gymnasium backend (CleanRL's EpisodicLifeEnv + FireResetEnv) takes
     NOOP, FIRE and RIGHT inside its reset and restarts the frame stack: the agent's next observation is four
-    copies of one frame and the ball is already in play. The native backend with ``life_loss_restart`` (the
-    default since issue 18) does the same, except that its three hidden steps are forced steps the learner
-    sees marked in ``info["forced"]``. Without it, the native env only reports the life loss: the stack keeps
-    the frames around it and the ball waits until the agent presses FIRE (what made our PPO learn slower)."""
+    copies of one frame and the ball is already in play. The native backend with ``life_loss_restart``
+    (issue 18) does the same, except that its three hidden steps are forced steps the learner sees marked in
+    ``info["forced"]``. Without it (the default), the native env only reports the life loss: the stack keeps
+    the frames around it and the ball waits until the agent presses FIRE."""
     env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend=backend, life_loss_restart=bool(restart))
     _, info = env.reset(seed=3)
     assert _lives(env, info) == 5

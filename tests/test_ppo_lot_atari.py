@@ -85,13 +85,12 @@ def test_ppo_loss_leaves_forced_steps_out_as_if_they_were_never_in_the_minibatch
     assert ones.item() == pytest.approx(plain.item(), rel=1e-6)
 
 
-def test_runs_saved_before_life_loss_restart_existed_resume_without_it():
-    """A checkpoint's config from before the option keeps the native env's own life losses on resume and in
-    evaluation; a new run gets the restart by default."""
+def test_runs_saved_before_life_loss_restart_existed_resume_and_evaluate_as_they_were():
+    """The option's default is the native env's own behaviour, so a checkpoint's config from before the option
+    resumes (and evaluates) as it was trained."""
     old = cfg_lib.to_dict(lot.Args())
     del old["life_loss_restart"]
     assert cfg_lib.from_dict(lot.Args, old).life_loss_restart is False
-    assert lot.Args().life_loss_restart is True
 
 
 class _CleanRLAgent(torch.nn.Module):
@@ -585,7 +584,7 @@ def test_training_leaves_the_forced_steps_of_each_restarted_life_out_of_the_loss
 
     monkeypatch.setattr(lot, "make_env", recording_make_env)
     tiny = dict(total_timesteps=256, num_envs=2, num_steps=128, num_minibatches=1, update_epochs=1,
-                run_dir=str(tmp_path), threads=1)
+                run_dir=str(tmp_path), threads=1, life_loss_restart=True)
     lot.train(cfg_lib.resolve(lot.Args, tiny, lot.PRESETS, "ppo"))
     terminated = np.stack([t for t, _ in forced_seen])  # (steps, envs)
     forced = np.stack([f for _, f in forced_seen])
