@@ -578,6 +578,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 "scheduler": scheduler.state_dict(), "students": students.state_dict(), **ranks[0],
                 "world_size": len(ranks), "other_ranks": ranks[1:],
                 "video_games": videos.games_done if videos is not None else video_games})
+        distributed.barrier()  # no process goes on before the checkpoint is on disk
 
     # Rank 0 alone writes the run folder (config, TensorBoard, metrics.jsonl, W&B, videos, checkpoints).
     if distributed.is_main_process():

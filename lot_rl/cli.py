@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if command in distributed.VERBS:
         distributed.add_launcher_options(parser)  # --nproc, --dist-backend
     args = parser.parse_args(argv[1:])
-    nproc = distributed.take_launcher_options(args)
+    nproc, backend = distributed.take_launcher_options(args)
     try:
         if nproc != 1:  # lot-rl VERB --nproc K: the same command in K processes
             return distributed.launch(command, distributed.strip_launcher_option(argv[1:]), nproc,
-                                      getattr(args, "device", None) or "auto")
+                                      getattr(args, "device", None) or "auto", backend)
         code = module.run_command(args, command)
     except LoTUserError as exc:
         if distributed.is_main_process():  # every rank raises the same user error: say it once

@@ -38,6 +38,7 @@ VERBS = ("train", "cv", "lm")
 
 T = TypeVar("T")
 _object_group: Any = None  # the gloo group for object collectives (the default group unless it is NCCL)
+_requested_backend: str | None = None  # --dist-backend of this process's command line
 
 
 class PeerFailure(RuntimeError):
@@ -87,7 +88,7 @@ def setup(device_option: str, backend: str | None = None) -> torch.device:
     """
     if not launched_by_torchrun():
         return resolve_device(device_option)
-    backend = backend or os.environ.get(BACKEND_ENV, "auto")
+    backend = backend or _requested_backend or os.environ.get(BACKEND_ENV, "auto")
     require(backend in BACKENDS, f"--dist-backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     device = resolve_device(device_option)
@@ -128,11 +129,11 @@ def _stopped_by_launcher(signum, frame) -> None:
 
 
 def teardown() -> None:
-    """End the process group (if this process started one)."""
-    global _object_group
+    """End the process group (if this process started one) and forget ``--dist-backend``."""
+    global _object_group, _requested_backend
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _object_group = None
+    _object_group, _requested_backend = None, None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -330,17 +331,15 @@ def add_launcher_options(parser: argparse.ArgumentParser) -> None:
                             f"(or the {BACKEND_ENV} environment variable)")
 
 
-def take_launcher_options(ns: argparse.Namespace) -> int:
-    """Remove ``--nproc`` and ``--dist-backend`` from ``ns`` (they are no training options) and return the
-    process count; ``--dist-backend`` goes on to :func:`setup` (and to launched processes) through the
-    environment."""
-    backend = vars(ns).pop("dist_backend", None)
-    if backend is not None:
-        os.environ[BACKEND_ENV] = backend
-    return int(vars(ns).pop("nproc", 1))
+def take_launcher_options(ns: argparse.Namespace) -> tuple[int, str | None]:
+    """Remove ``--nproc`` and ``--dist-backend`` from ``ns`` (they are no training options); return them.
+    ``--dist-backend`` becomes :func:`setup`'s default in this process (until :func:`teardown`)."""
+    global _requested_backend
+    _requested_backend = vars(ns).pop("dist_backend", None)
+    return int(vars(ns).pop("nproc", 1)), _requested_backend
 
 
-def launch(verb: str, argv: list[str], nproc: int, device_option: str = "auto") -> int:
+def launch(verb: str, argv: list[str], nproc: int, device_option: str = "auto", backend: str | None = None) -> int:
     """Run ``lot-rl VERB argv`` in ``nproc`` processes on this machine (``torch.distributed.run --standalone``);
     return the exit code (the first failed process's). ``argv`` must not hold ``--nproc`` itself.
 
@@ -352,10 +351,11 @@ def launch(verb: str, argv: list[str], nproc: int, device_option: str = "auto") 
     require(nproc >= 1, f"--nproc must be >= 1, got {nproc}")
     require(not launched_by_torchrun(), "--nproc under torchrun: give the process count to torchrun only")
     device = resolve_device(device_option)
-    check_backend(os.environ.get(BACKEND_ENV, "auto"), device, nproc)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: K processes share the cores
+    check_backend(backend or os.environ.get(BACKEND_ENV, "auto"), device, nproc)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id="lot_rl", rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5)
+    saved_environment = dict(os.environ)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default: K processes share the cores
     try:
         elastic_launch(config, entrypoint=sys.executable)("-m", "lot_rl", verb, *argv)
     except ChildFailedError as exc:
@@ -366,6 +366,9 @@ def launch(verb: str, argv: list[str], nproc: int, device_option: str = "auto") 
             print(f"lot-rl {verb}: error: process {failure.rank} (of {nproc}) failed with exit code "
                   f"{failure.exitcode}; see its output above", file=sys.stderr)
         return code
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_environment)
     return 0
 
 
