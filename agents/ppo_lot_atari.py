@@ -492,9 +492,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         require(parse_env_id(saved["env_id"]).key == game.key,
                 f"checkpoint {checkpoint['path']} is from {saved['env_id']}, not {args.env_id}")
         cfg_lib.require_unchanged_on_resume(args, saved, FIXED_ON_RESUME)
-        require(checkpoint.get("world_size", 1) == distributed.world_size(),
-                f"checkpoint {checkpoint['path']} is from a run of {checkpoint.get('world_size', 1)} process(es); "
-                f"resume it with as many (torchrun --nproc-per-node / --nproc), not {distributed.world_size()}")
+        distributed.require_same_world_size(checkpoint)
 
     # Seeding (CleanRL); under torchrun each process's envs and RNGs start from its own seed
     seed = distributed.rank_seed(args.seed, stride=args.num_envs)
@@ -546,8 +544,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     next_obs_np, _ = envs.reset(seed=seed)
     next_done = torch.zeros(args.num_envs, device=device)
     if checkpoint is not None:
-        # What is this process's own (rank 0's at the top level, as in a one-process run; others' in other_ranks)
-        own = checkpoint if distributed.rank() == 0 else checkpoint["other_ranks"][distributed.rank() - 1]
+        own = distributed.own_state(checkpoint)  # this process's envs, RNGs and cache
         agent.load_state_dict(checkpoint["agent"])
         # Options given with --resume win: the optimizers keep the hyperparameters built from them.
         restore_optimizer(optimizer, checkpoint["optimizer"], scheduler, checkpoint["scheduler"])
@@ -567,7 +564,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     def write_checkpoint(update: int) -> None:
         # Each process's own state (rank 0 gathers them all: under torchrun the ranks' envs, RNGs and caches differ)
         cache_state = cache.state_dict()
-        ranks = distributed.gather_to_main({
+        ranks = distributed.gather_rank_states({
             "cache": {**cache_state, "entries": [e.cpu() for e in cache_state["entries"]]}, "rng": rng_state(),
             "env_state": get_env_state(envs), "next_obs": next_obs.cpu(), "next_done": next_done.cpu()})
         if distributed.is_main_process():
@@ -575,8 +572,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 "config": cfg_lib.to_dict(args), "num_actions": num_actions, "observation_shape": list(obs_shape),
                 "update": update,
                 "global_step": global_step, "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "students": students.state_dict(), **ranks[0],
-                "world_size": len(ranks), "other_ranks": ranks[1:],
+                "scheduler": scheduler.state_dict(), "students": students.state_dict(), **ranks,
                 "video_games": videos.games_done if videos is not None else video_games})
         distributed.barrier()  # no process goes on before the checkpoint is on disk
 

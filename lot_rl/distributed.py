@@ -72,6 +72,16 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def shard(batch: torch.Tensor) -> torch.Tensor:
+    """This rank's contiguous share of ``batch`` along dim 0 (which the world size divides): with every rank
+    drawing the same global batch, the ranks' shares are disjoint and cover it (``DistributedSampler``'s
+    partition). ``batch`` itself in a single process."""
+    if not is_distributed():
+        return batch
+    size = batch.shape[0] // world_size()
+    return batch[rank() * size:(rank() + 1) * size]
+
+
 def rank_seed(seed: int, stride: int = 1) -> int:
     """This rank's seed: ``seed + rank * stride``. With ``stride`` = envs per rank, the envs of all ranks get the
     seeds one process with all the envs would give them (``seed``, ``seed + 1``, ...), and rank 0 keeps ``seed``."""
@@ -286,6 +296,29 @@ def on_main(fn: Callable[[], T]) -> T:
     if not ok:
         raise LoTUserError(value)
     return value
+
+
+def require_same_world_size(checkpoint: dict[str, Any]) -> None:
+    """Refuse, in one line, to resume a checkpoint written by a run of another number of processes (each
+    process's envs, RNGs and data position are in it, one per rank)."""
+    saved = checkpoint.get("world_size", 1)
+    require(saved == world_size(), f"checkpoint {checkpoint['path']} is from a run of {saved} process(es); resume "
+                                   f"it with as many (torchrun --nproc-per-node / --nproc), not {world_size()}")
+
+
+def own_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """This rank's part of a checkpoint written with :func:`gather_rank_states`: rank 0's is at the top level
+    (as in a one-process run), the others' in ``other_ranks``."""
+    return checkpoint if rank() == 0 else checkpoint["other_ranks"][rank() - 1]
+
+
+def gather_rank_states(state: dict[str, Any]) -> dict[str, Any] | None:
+    """Every rank's own ``state`` (its RNGs, data position...) for rank 0's checkpoint: rank 0's keys at the top
+    level, ``world_size`` and the others' in ``other_ranks``; None on the other ranks."""
+    states = gather_to_main(state)
+    if states is None:
+        return None
+    return {**states[0], "world_size": len(states), "other_ranks": states[1:]}
 
 
 def barrier() -> None:

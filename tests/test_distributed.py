@@ -324,3 +324,49 @@ def test_a_rank_that_dies_ends_the_run_with_one_clear_line(tmp_path):
     message = (tmp_path / "message").read_text()
     assert message.startswith("rank 0: another process of this 2-process run stopped (")
     assert message.endswith("the last checkpoint is intact, continue with --resume runs/x") and "\n" not in message
+
+
+# ----------------------------------------------------------------------------------------------------
+# `lot-rl cv` in 2 processes: disjoint shares of each batch, identical models, one run folder, exact resume
+
+
+def _cv_on_rank(rank: int, tmp_path: Path) -> None:
+    from lot_rl.supervised import cv
+    from test_cv import tiny_args
+
+    seen: list[torch.Tensor] = []
+    teacher_batch = cv.CVTask.teacher_batch
+
+    def recording(self):
+        batch = teacher_batch(self)
+        seen.append(batch.indices.clone())
+        return batch
+
+    cv.CVTask.teacher_batch = recording  # forked: this process only
+    args = dict(batch_size=4, alpha=0.5, student_steps_ratio=2)  # 2 ranks x 4 images: 4 steps per epoch
+    straight = cv.train_cv(tiny_args(tmp_path, run_name="straight", **args))
+    torch.save({"seen": seen, "finished": straight["finished"]}, tmp_path / f"rank{rank}.pt")
+    split = tiny_args(tmp_path, run_name="split", **args)
+    assert not cv.train_cv(split, max_steps=3)["finished"]  # stops inside epoch 1
+    assert main(["cv", "--resume", split.run_dir + "/split"]) == 0  # the command line, resumed in 2 processes
+
+
+def test_two_rank_cv_shards_batches_and_resumes_exactly(tmp_path, capsys):
+    assert run_ranks(_cv_on_rank, tmp_path) == [0, 0]
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert rank0["finished"] and rank1["finished"] and len(rank0["seen"]) == len(rank1["seen"]) == 8
+    for a, b in zip(rank0["seen"], rank1["seen"]):  # each step: two disjoint shares of one global batch
+        assert len(a) == len(b) == 4 and not set(a.tolist()) & set(b.tolist())
+    epoch1 = torch.cat(rank0["seen"][:4] + rank1["seen"][:4])
+    assert sorted(epoch1.tolist()) == list(range(32))  # the 32 training images, each once per epoch
+
+    runs = tmp_path / "runs"
+    assert sorted(p.name for p in runs.iterdir()) == ["split", "straight"]
+    a, b = load_checkpoint(runs / "straight"), load_checkpoint(runs / "split")
+    assert a["world_size"] == b["world_size"] == 2 and a["global_step"] == b["global_step"] == 8
+    for key in a["trainer"]["teacher"]:
+        assert torch.equal(a["trainer"]["teacher"][key], b["trainer"]["teacher"][key]), key
+    summary = (runs / "split" / "summary.json").read_text()
+    assert '"teacher_steps": 8' in summary and (runs / "split" / "best.pt").is_file()
+    out = capsys.readouterr().out
+    assert out.count('"best_epoch"') <= 1  # the summary is printed by rank 0 only
