@@ -370,3 +370,43 @@ def test_two_rank_cv_shards_batches_and_resumes_exactly(tmp_path, capsys):
     assert '"teacher_steps": 8' in summary and (runs / "split" / "best.pt").is_file()
     out = capsys.readouterr().out
     assert out.count('"best_epoch"') <= 1  # the summary is printed by rank 0 only
+
+
+def _lm_on_rank(rank: int, tmp_path: Path) -> None:
+    from lot_rl.supervised import lm
+    from test_lm import tiny_args
+
+    seen: list[torch.Tensor] = []
+    teacher_batch = lm.LMTask.teacher_batch
+
+    def recording(self):
+        batch = teacher_batch(self)
+        seen.append(batch.inputs.clone())
+        return batch
+
+    lm.LMTask.teacher_batch = recording  # forked: this process only
+    built: list[nn.Module] = []
+    make_language_model = lm.make_language_model
+    lm.make_language_model = lambda *a, **k: built.append(make_language_model(*a, **k)) or built[-1]
+    lm.train_lm(tiny_args(tmp_path, batch_size=2, epochs=1))
+    torch.save({"seen": seen, "models": [[t.clone() for t in m.state_dict().values()] for m in built]},
+               tmp_path / f"rank{rank}.pt")
+
+
+def test_two_rank_lm_trains_on_contiguous_shares_of_the_streams(tmp_path):
+    from lot_rl.supervised import data as data_lib
+    from test_lm import tiny_args
+
+    assert run_ranks(_lm_on_rank, tmp_path) == [0, 0]
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for a, b in zip(rank0["models"], rank1["models"]):  # teacher and student: the same on both processes
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    # One process's 4 streams: process 0 reads streams 0-1, process 1 streams 2-3, window by window
+    args = tiny_args(tmp_path)
+    streams = data_lib.batchify(data_lib.load_text_data("ptb", args.data_dir).train, 4)
+    windows = data_lib.bptt_windows(streams, args.bptt)
+    assert len(rank0["seen"]) == len(rank1["seen"]) == len(windows)
+    for (start, length), x0, x1 in zip(windows, rank0["seen"], rank1["seen"]):
+        x, _ = data_lib.window(streams, start, length)
+        assert torch.equal(x[:2], x0) and torch.equal(x[2:], x1)
+    assert (tmp_path / "runs" / "run" / "summary.json").is_file()
