@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import signal
 import sys
 from typing import Any, Callable, TypeVar
@@ -331,6 +332,7 @@ def peer_failure(exc: BaseException, run_dir: Any = None) -> PeerFailure:
     """The error to raise when a collective failed because another rank is gone: one line that says what
     happened and how to continue (the last checkpoint is intact: checkpoints are written atomically)."""
     detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    detail = re.sub(r"^\[[^\]]*\]\s*", "", detail)  # gloo's "[.../pair.cc:537] " source location
     where = f": the last checkpoint is intact, continue with --resume {run_dir}" if run_dir else ""
     return PeerFailure(f"rank {rank()}: another process of this {world_size()}-process run stopped "
                        f"({detail[:160]}){where}")
