@@ -330,19 +330,25 @@ def test_a_rank_that_dies_ends_the_run_with_one_clear_line(tmp_path):
 # `lot-rl cv` in 2 processes: disjoint shares of each batch, identical models, one run folder, exact resume
 
 
+def _record_teacher_batches(task_class, field: str) -> list[torch.Tensor]:
+    """Make ``task_class`` record ``field`` of every teacher batch it hands out (in a forked rank: only there)."""
+    seen: list[torch.Tensor] = []
+    teacher_batch = task_class.teacher_batch
+
+    def recording(self):
+        batch = teacher_batch(self)
+        seen.append(getattr(batch, field).clone())
+        return batch
+
+    task_class.teacher_batch = recording
+    return seen
+
+
 def _cv_on_rank(rank: int, tmp_path: Path) -> None:
     from lot_rl.supervised import cv
     from test_cv import tiny_args
 
-    seen: list[torch.Tensor] = []
-    teacher_batch = cv.CVTask.teacher_batch
-
-    def recording(self):
-        batch = teacher_batch(self)
-        seen.append(batch.indices.clone())
-        return batch
-
-    cv.CVTask.teacher_batch = recording  # forked: this process only
+    seen = _record_teacher_batches(cv.CVTask, "indices")
     args = dict(batch_size=4, alpha=0.5, student_steps_ratio=2)  # 2 ranks x 4 images: 4 steps per epoch
     straight = cv.train_cv(tiny_args(tmp_path, run_name="straight", **args))
     torch.save({"seen": seen, "finished": straight["finished"]}, tmp_path / f"rank{rank}.pt")
@@ -376,15 +382,7 @@ def _lm_on_rank(rank: int, tmp_path: Path) -> None:
     from lot_rl.supervised import lm
     from test_lm import tiny_args
 
-    seen: list[torch.Tensor] = []
-    teacher_batch = lm.LMTask.teacher_batch
-
-    def recording(self):
-        batch = teacher_batch(self)
-        seen.append(batch.inputs.clone())
-        return batch
-
-    lm.LMTask.teacher_batch = recording  # forked: this process only
+    seen = _record_teacher_batches(lm.LMTask, "inputs")
     built: list[nn.Module] = []
     make_language_model = lm.make_language_model
     lm.make_language_model = lambda *a, **k: built.append(make_language_model(*a, **k)) or built[-1]
