@@ -40,6 +40,7 @@ VERBS = ("train", "cv", "lm")
 T = TypeVar("T")
 _object_group: Any = None  # the gloo group for object collectives (the default group unless it is NCCL)
 _requested_backend: str | None = None  # --dist-backend of this process's command line
+_previous_sigterm: Any = None  # the SIGTERM handler before setup() put its own
 
 
 class PeerFailure(RuntimeError):
@@ -110,15 +111,16 @@ def setup(device_option: str, backend: str | None = None) -> torch.device:
                 f"give --device cuda (or auto)")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
+    global _object_group, _previous_sigterm
     if not dist.is_initialized():
         chosen = backend if backend != "auto" else ("nccl" if device.type == "cuda" else "gloo")
         init_args = {"device_id": device} if chosen == "nccl" else {}
         dist.init_process_group(chosen, **init_args)
-        global _object_group
-        _object_group = dist.new_group(backend="gloo") if chosen == "nccl" else dist.group.WORLD
-        if world_size() > 1:
+        if world_size() > 1 and _previous_sigterm is None:
             # torchrun stops the other ranks with SIGTERM when one fails: say so instead of dying silently.
-            signal.signal(signal.SIGTERM, _stopped_by_launcher)
+            _previous_sigterm = signal.signal(signal.SIGTERM, _stopped_by_launcher)
+    if _object_group is None:  # (also for a process group its caller started)
+        _object_group = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else dist.group.WORLD
     return device
 
 
@@ -140,11 +142,13 @@ def _stopped_by_launcher(signum, frame) -> None:
 
 
 def teardown() -> None:
-    """End the process group (if this process started one) and forget ``--dist-backend``."""
-    global _object_group, _requested_backend
+    """End the process group (if one runs), forget ``--dist-backend``, give SIGTERM its handler back."""
+    global _object_group, _requested_backend, _previous_sigterm
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _object_group, _requested_backend = None, None
+    if _previous_sigterm is not None:
+        signal.signal(signal.SIGTERM, _previous_sigterm)
+    _object_group, _requested_backend, _previous_sigterm = None, None, None
 
 
 # ----------------------------------------------------------------------------------------------------
