@@ -224,8 +224,9 @@ def validate_args(args: Args) -> None:
     require(args.batch_size % args.num_minibatches == 0,
             f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} "
             f"(num_envs x num_steps); choose a divisor of {args.batch_size}")
-    require(args.total_timesteps >= args.batch_size,
-            f"--total-timesteps {args.total_timesteps} is less than one rollout ({args.batch_size} steps)")
+    rollout = args.batch_size * distributed.world_size()  # under torchrun: one rollout of every process
+    require(args.total_timesteps >= rollout,
+            f"--total-timesteps {args.total_timesteps} is less than one rollout ({rollout} steps)")
     require(args.learning_rate > 0, f"--learning-rate must be > 0, got {args.learning_rate}")
     require(0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
     require(args.clip_coef > 0, f"--clip-coef must be > 0, got {args.clip_coef}")
