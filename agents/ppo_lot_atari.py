@@ -34,6 +34,7 @@ import torch.nn as nn
 from torch.distributions.categorical import Categorical
 
 from lot_rl import config as cfg_lib
+from lot_rl import distributed
 from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer, rng_state,
                                save_checkpoint, set_rng_state)
 from lot_rl.envs import make_env, parse_env_id, video_frame
@@ -41,8 +42,9 @@ from lot_rl.envs.atari import BACKENDS, get_env_state, set_env_state, supports_s
 from lot_rl.errors import LoTUserError, require
 from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
                                 validate_student_weights)
-from lot_rl.runlog import GracefulInterrupt, RunLogger, final_score, make_run_dir, progress_bar, read_metrics
-from lot_rl.runtime import autocast_for, flush_denormals, keep_freed_memory, resolve_device
+from lot_rl.runlog import (GracefulInterrupt, QuietLogger, RunLogger, final_score, make_run_dir, progress_bar,
+                           read_metrics)
+from lot_rl.runtime import autocast_for, flush_denormals, keep_freed_memory
 from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, start_tracking, validate_tracking
 from lot_rl.video import EpisodeRecorder, training_schedule
 
@@ -72,7 +74,8 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
                                  "or MinAtar id (MinAtar/Breakout-v1; pip install -e \".[minatar]\")")
     env_backend: str | None = cfg_lib.option(None, "Atari only: ale (the default): native vector env (fast); "
                                              "gymnasium: wrappers (parity, exact resume)", choices=BACKENDS)
-    num_envs: int = cfg_lib.option(8, "number of parallel environments")
+    num_envs: int = cfg_lib.option(8, "number of parallel environments (per process under torchrun / --nproc: "
+                                   "the batch is processes x envs x steps)")
     repeat_action_probability: float | None = cfg_lib.option(
         None, "sticky actions (default: 0 for -v4 ids, 0.25 for ALE/-v5 ids, 0.1 for MinAtar ids)")
     full_action_space: bool = cfg_lib.option(False, "Atari only: use all 18 Atari actions")
@@ -86,7 +89,8 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
         None, "frames before a game is truncated (default: 108,000 on Atari, 30 minutes, the standard; none on "
         "MinAtar, its protocol; the reference's old gym: 400,000)")
     # --- PPO (the teacher)
-    total_timesteps: int = cfg_lib.option(20_000_000, "total environment steps (agent steps, all envs)")
+    total_timesteps: int = cfg_lib.option(20_000_000, "total environment steps (agent steps, all envs of all "
+                                          "processes)")
     learning_rate: float = cfg_lib.option(2.5e-4, "Adam learning rate of the teacher")
     lr_schedule: str = cfg_lib.option("cosine", "cosine: anneal to --final-lr (the LoT reference); linear: "
                                       "anneal to 0 (CleanRL); constant", choices=("cosine", "linear", "constant"))
@@ -153,7 +157,8 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
 
     @property
     def num_updates(self) -> int:
-        return self.total_timesteps // self.batch_size
+        """Updates of the whole run: under torchrun each of them takes one rollout of every process."""
+        return self.total_timesteps // (self.batch_size * distributed.world_size())
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -223,8 +228,9 @@ def validate_args(args: Args) -> None:
     require(args.batch_size % args.num_minibatches == 0,
             f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} "
             f"(num_envs x num_steps); choose a divisor of {args.batch_size}")
-    require(args.total_timesteps >= args.batch_size,
-            f"--total-timesteps {args.total_timesteps} is less than one rollout ({args.batch_size} steps)")
+    rollout = args.batch_size * distributed.world_size()  # under torchrun: one rollout of every process
+    require(args.total_timesteps >= rollout,
+            f"--total-timesteps {args.total_timesteps} is less than one rollout ({rollout} steps)")
     require(args.learning_rate > 0, f"--learning-rate must be > 0, got {args.learning_rate}")
     require(0 < args.gamma <= 1 and 0 <= args.gae_lambda <= 1, "--gamma must be in (0, 1] and --gae-lambda in [0, 1]")
     require(args.clip_coef > 0, f"--clip-coef must be > 0, got {args.clip_coef}")
@@ -497,23 +503,26 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     checkpoint = None
     if resume is not None:
         checkpoint = load_checkpoint(resume, kind=CHECKPOINT_KIND)
+    # This process's device; under torchrun the process group starts here (lot_rl.distributed)
+    device = distributed.setup(args.device)  # before the run folder exists: a bad --device leaves nothing behind
     validate_args(args)
     game = parse_env_id(args.env_id)
-    device = resolve_device(args.device)  # before the run folder exists: a bad --device leaves nothing behind
     keep_freed_memory()
     if checkpoint is not None:
         saved = checkpoint["config"]
         require(parse_env_id(saved["env_id"]).key == game.key,
                 f"checkpoint {checkpoint['path']} is from {saved['env_id']}, not {args.env_id}")
         cfg_lib.require_unchanged_on_resume(args, saved, FIXED_ON_RESUME)
+        distributed.require_same_world_size(checkpoint)
 
-    # Seeding (CleanRL)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    # Seeding (CleanRL); under torchrun each process's envs and RNGs start from its own seed
+    seed = distributed.rank_seed(args.seed, stride=args.num_envs)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
-    envs = make_env(args.env_id, args.num_envs, args.seed, backend=args.env_backend,
+    envs = make_env(args.env_id, args.num_envs, seed, backend=args.env_backend,
                     repeat_action_probability=args.repeat_action_probability,
                     full_action_space=args.full_action_space, num_threads=args.env_threads,
                     max_episode_frames=args.max_episode_frames, video_frames=args.capture_video,
@@ -534,12 +543,13 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     # LoT: the students, their optimizers, and the cache of rollout states they imitate the teacher on
     students = make_students(args, num_actions, device, lr_factor(args), obs_shape)
     cache = ObservationCache(args.obs_num, args.cache_mode)
+    distributed.broadcast_parameters(agent, *students.networks)  # every process starts from rank 0's networks
     # The run folder exists only once everything above was built (a refused option leaves nothing behind).
     if checkpoint is not None:
         run_dir = Path(checkpoint["path"]).parent
     else:
         run_name = args.run_name or f"{game.name}__{args.exp_name}__{args.seed}__{int(time.time())}"
-        run_dir = make_run_dir(args.run_dir, run_name)
+        run_dir = distributed.on_main(lambda: make_run_dir(args.run_dir, run_name))  # rank 0's, for all
     lot_start_update = max(1, math.ceil(args.lot_start * args.num_updates))
     students_learn_here = students_learn_on_ppo_batches(args, students)
 
@@ -554,51 +564,61 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
     global_step, start_update = 0, 1
-    next_obs_np, _ = envs.reset(seed=args.seed)
+    next_obs_np, _ = envs.reset(seed=seed)
     next_done = torch.zeros(args.num_envs, device=device)
     if checkpoint is not None:
+        own = distributed.own_state(checkpoint)  # this process's envs, RNGs and cache
         agent.load_state_dict(checkpoint["agent"])
         # Options given with --resume win: the optimizers keep the hyperparameters built from them.
         restore_optimizer(optimizer, checkpoint["optimizer"], scheduler, checkpoint["scheduler"])
         students.load_state_dict(checkpoint["students"])
-        cache.load_state_dict({**checkpoint["cache"], "entries": [e.to(device) for e in checkpoint["cache"]["entries"]]})
+        cache.load_state_dict({**own["cache"], "entries": [e.to(device) for e in own["cache"]["entries"]]})
         global_step, start_update = checkpoint["global_step"], checkpoint["update"] + 1
-        set_rng_state(checkpoint["rng"])
-        if checkpoint.get("env_state") is not None and supports_state(envs):
-            set_env_state(envs, checkpoint["env_state"])
-            next_obs_np = checkpoint["next_obs"].numpy()
-            next_done = checkpoint["next_done"].to(device)
+        set_rng_state(own["rng"])
+        if own.get("env_state") is not None and supports_state(envs):
+            set_env_state(envs, own["env_state"])
+            next_obs_np = own["next_obs"].numpy()
+            next_done = own["next_done"].to(device)
         else:
             # The native vector env cannot restore its games: continue with new ones.
-            next_obs_np, _ = envs.reset(seed=args.seed + start_update)
+            next_obs_np, _ = envs.reset(seed=seed + start_update)
     next_obs = _to_device_obs(next_obs_np, device, False)
 
-    def write_checkpoint(update: int) -> Path:
-        return save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
-            "config": cfg_lib.to_dict(args), "num_actions": num_actions, "observation_shape": list(obs_shape),
-            "update": update,
-            "global_step": global_step, "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "students": students.state_dict(),
-            "cache": cache.state_dict(), "rng": rng_state(), "env_state": get_env_state(envs),
-            "next_obs": next_obs.cpu(), "next_done": next_done.cpu(),
-            "video_games": videos.games_done if videos is not None else video_games})
+    def write_checkpoint(update: int) -> None:
+        # Each process's own state (rank 0 gathers them all: under torchrun the ranks' envs, RNGs and caches differ)
+        cache_state = cache.state_dict()
+        ranks = distributed.gather_rank_states({
+            "cache": {**cache_state, "entries": [e.cpu() for e in cache_state["entries"]]}, "rng": rng_state(),
+            "env_state": get_env_state(envs), "next_obs": next_obs.cpu(), "next_done": next_done.cpu()})
+        if distributed.is_main_process():
+            save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
+                "config": cfg_lib.to_dict(args), "num_actions": num_actions, "observation_shape": list(obs_shape),
+                "update": update,
+                "global_step": global_step, "agent": agent.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "students": students.state_dict(), **ranks,
+                "video_games": videos.games_done if videos is not None else video_games})
+        distributed.barrier()  # no process goes on before the checkpoint is on disk
 
-    cfg_lib.save_config(args, run_dir / "config.yaml")
+    # Rank 0 alone writes the run folder (config, TensorBoard, metrics.jsonl, W&B, videos, checkpoints).
+    if distributed.is_main_process():
+        cfg_lib.save_config(args, run_dir / "config.yaml")
     # A resumed run drops what was logged after its checkpoint (the rows at the checkpoint's step stay).
     # With --track every scalar also goes to W&B (a resumed run continues its W&B run).
     logger = RunLogger(run_dir, hparams=cfg_lib.to_dict(args),
                        purge_step=global_step + 1 if checkpoint is not None else None,
-                       tracker=start_tracking(args, run_dir, cfg_lib.to_dict(args)))
+                       tracker=start_tracking(args, run_dir, cfg_lib.to_dict(args))) \
+        if distributed.is_main_process() else QuietLogger()
     # --capture-video: env 0's games on a schedule, each to videos/ as it ends, then to TensorBoard and W&B
     video_games = checkpoint.get("video_games", 0) if checkpoint is not None else 0  # env 0's games before
     videos = None
-    if args.capture_video:
+    if args.capture_video and distributed.is_main_process():
         videos = EpisodeRecorder(run_dir / "videos", game.video_fps, training_schedule(args.video_every),
                                  games_done=video_games,
                                  on_saved=lambda path, _: logger.log_video("videos/env0", path, global_step))
         if checkpoint is None or not supports_state(envs):  # fresh games (a restored game is not recorded)
             videos.start_game(lambda: video_frame(envs, 0, next_obs_np[0]))
-    bar = progress_bar(args.num_updates * args.batch_size, initial=global_step, desc=game.name)
+    steps_per_update = args.batch_size * distributed.world_size()  # the rollouts of every process
+    bar = progress_bar(args.num_updates * steps_per_update, initial=global_step, desc=game.name)
     recent_returns: list[float] = []
     start_time, start_step = time.time(), global_step
     interrupt = GracefulInterrupt()
@@ -609,8 +629,9 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     try:
         for update in range(start_update, args.num_updates + 1):
             # ---------------- rollout
+            finished = []  # (global step, return, length) of the games that ended
             for step in range(args.num_steps):
-                global_step += args.num_envs
+                global_step += args.num_envs * distributed.world_size()
                 obs[step] = next_obs
                 dones[step] = next_done
                 with torch.inference_mode(), autocast():
@@ -628,12 +649,14 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                                             dtype=torch.float32)
                 if "_episode" in infos:
                     for i in np.flatnonzero(infos["_episode"]):
-                        ret, length = float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])
-                        recent_returns = (recent_returns + [ret])[-20:]
-                        logger.log(global_step, {"charts/episodic_return": ret, "charts/episodic_length": length})
+                        finished.append((global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])))
                 if videos is not None:
                     videos.step(lambda: video_frame(envs, 0, next_obs_np[0]),
                                 game_over="_episode" in infos and bool(infos["_episode"][0]))
+            # Every process's games, logged by rank 0 in step order
+            for at_step, ret, length in sorted(distributed.collect_on_main(finished), key=lambda game: game[0]):
+                recent_returns = (recent_returns + [ret])[-20:]
+                logger.log(at_step, {"charts/episodic_return": ret, "charts/episodic_length": length})
 
             # ---------------- GAE
             with torch.inference_mode(), autocast():
@@ -672,12 +695,15 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                     optimizer.zero_grad(set_to_none=True)
                     students.zero_grad()
                     loss.backward()
+                    distributed.average_gradients(agent)  # torchrun: the mean over processes, before clipping
+                    if students_learn_here:
+                        distributed.average_gradients(*students.networks)
                     nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                     optimizer.step()
                     if students_learn_here:
                         students.step()
                     clipfracs.append(float(stats["clipfrac"]))
-                if args.target_kl is not None and float(stats["approx_kl"]) > args.target_kl:
+                if args.target_kl is not None and distributed.mean_across_ranks(stats["approx_kl"]) > args.target_kl:
                     break
 
             # ---------------- LoT: student phase, N passes of imitation over the cached rollouts
@@ -704,12 +730,13 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             if student_kls or ppo_student_kls:
                 scalars["lot/student_kl"] = float(np.mean(student_kls or ppo_student_kls))
             logger.log(global_step, scalars)
-            bar.update(args.batch_size)
+            bar.update(steps_per_update)
             bar.set_postfix(SPS=sps, ret=f"{np.mean(recent_returns):.1f}" if recent_returns else "-")
-            stop = interrupt.requested or (max_updates is not None and update - start_update + 1 >= max_updates)
+            stop = (distributed.any_rank(interrupt.requested)  # every process stops at the same update
+                    or (max_updates is not None and update - start_update + 1 >= max_updates))
             if update % args.save_every == 0 or update == args.num_updates or stop:
                 write_checkpoint(update)
-            if update == args.num_updates:
+            if update == args.num_updates and distributed.is_main_process():
                 score, episodes = final_score(read_metrics(run_dir))  # W&B's summary of the finished run
                 logger.summary({"final/episodic_return": score, "final/episodes": episodes})
             if stop:
@@ -717,6 +744,10 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                     bar.write(f"interrupted after update {update}: saved; continue with "
                               f"lot-rl train --resume {run_dir}")
                 break
+    except RuntimeError as exc:
+        if distributed.is_peer_error(exc):  # another process died: say so in one line (checkpoint intact)
+            raise distributed.peer_failure(exc, run_dir) from exc
+        raise
     finally:
         restore_denormals()
         torch.set_num_threads(default_threads)
@@ -752,6 +783,7 @@ def student_phase(agent: Agent, students: Students, cache: ObservationCache, arg
         imitation = students.imitation_loss(student_logits, mb_targets)
         students.zero_grad()
         imitation.backward()
+        distributed.average_gradients(*students.networks)  # torchrun: the mean over processes, before clipping
         students.step()  # each student: clip its gradient norm, then its optimizer step
         losses.append(float(imitation.detach()) / len(students))
     return losses
@@ -778,7 +810,8 @@ def run_command(ns: argparse.Namespace, command: str = "train") -> int:
         run_dir = train(args, resume=resume)
     except KeyboardInterrupt:
         return 130
-    print(f"run folder: {run_dir}")
+    if distributed.is_main_process():
+        print(f"run folder: {run_dir}")
     return 0
 
 

@@ -7,7 +7,8 @@ supervised entry points ``cv`` and ``lm``. Each verb lives in its own module, im
     configure_parser(parser: argparse.ArgumentParser, command: str) -> None
     run_command(args: argparse.Namespace, command: str) -> int | None
 
-A :class:`~lot_rl.errors.LoTUserError` anywhere becomes one line on stderr and exit code 2.
+A :class:`~lot_rl.errors.LoTUserError` anywhere becomes one line on stderr and exit code 2. The training verbs
+(``train``, ``cv``, ``lm``) also take ``--nproc K`` and ``--dist-backend`` (:mod:`lot_rl.distributed`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import importlib
 import sys
 
+from lot_rl import distributed
 from lot_rl.errors import LoTUserError
 
 # verb -> (module, one-line description)
@@ -55,12 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"lot-rl {command}", description=text)
     module.configure_parser(parser, command)
+    if command in distributed.VERBS:
+        distributed.add_launcher_options(parser)  # --nproc, --dist-backend
     args = parser.parse_args(argv[1:])
+    nproc, backend = distributed.take_launcher_options(args)
     try:
+        if nproc != 1:  # lot-rl VERB --nproc K: the same command in K processes
+            return distributed.launch(command, distributed.strip_launcher_option(argv[1:]), nproc,
+                                      getattr(args, "device", None) or "auto", backend)
         code = module.run_command(args, command)
     except LoTUserError as exc:
-        print(f"lot-rl {command}: error: {exc}", file=sys.stderr)
+        if distributed.is_main_process():  # every rank raises the same user error: say it once
+            print(f"lot-rl {command}: error: {exc}", file=sys.stderr)
         return 2
+    except distributed.PeerFailure as exc:
+        print(f"lot-rl {command}: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.teardown()
     return int(code or 0)
 
 

@@ -135,6 +135,23 @@ class RunLogger:
             self.tracker = None
 
 
+class QuietLogger:
+    """The :class:`RunLogger` of the processes other than rank 0 in a distributed run: it writes nothing (rank 0
+    alone writes the run folder)."""
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        pass
+
+    def log_video(self, tag: str, path: str | Path, step: int) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of a run's ``metrics.jsonl`` (skips a final partial line left by a crash)."""
     path = Path(run_dir) / METRICS_NAME
@@ -181,8 +198,10 @@ def _row_step(line: str) -> int | None:
 
 
 def progress_bar(total: int, initial: int = 0, desc: str = "", unit: str = "step") -> tqdm:
-    """A tqdm bar (steps, rate, ETA); quiet when stderr is not a terminal unless LOT_RL_PROGRESS=1."""
-    disable = not (sys.stderr.isatty() or os.environ.get("LOT_RL_PROGRESS") == "1")
+    """A tqdm bar (steps, rate, ETA); quiet when stderr is not a terminal unless LOT_RL_PROGRESS=1, and in the
+    processes other than rank 0 of a torchrun launch."""
+    disable = (not (sys.stderr.isatty() or os.environ.get("LOT_RL_PROGRESS") == "1")
+               or os.environ.get("RANK", "0") != "0")
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
                 disable=disable, smoothing=0.1)
 

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from lot_rl import config as cfg_lib
+from lot_rl import distributed
 from lot_rl.errors import require
-from lot_rl.runtime import resolve_device
 from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.models import PreResNet
 from lot_rl.supervised.reweight import REWEIGHT_METHODS, validate_reweight_options
@@ -54,7 +54,7 @@ class CVArgs(CommonArgs):
     width: int = cfg_lib.option(16, "channels of the first stage (16 in the paper; stages use 1x, 2x, 4x)")
     # --- optimization
     epochs: int = cfg_lib.option(10, "training epochs (of teacher steps over the training split)")
-    batch_size: int = cfg_lib.option(64, "minibatch size")
+    batch_size: int = cfg_lib.option(64, "minibatch size (per process under torchrun / --nproc)")
     eval_batch_size: int = cfg_lib.option(1000, "batch size of evaluation")
     learning_rate: float = cfg_lib.option(0.1, "SGD learning rate of teacher and students, cosine-annealed to 0")
     momentum: float = cfg_lib.option(0.9, "SGD (Nesterov) momentum")
@@ -113,6 +113,8 @@ def validate_args(args: CVArgs) -> None:
     require(args.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {args.eval_batch_size}")
     data_lib.validate_label_noise(args.label_noise, args.noise_type)
     validate_reweight_options(args.reweight, args.meta_size, args.meta_interval)
+    require(args.reweight == "none" or distributed.world_size() == 1,
+            f"--reweight {args.reweight} runs in one process: leave out torchrun / --nproc, or --reweight none")
 
 
 class CVTask:
@@ -143,10 +145,12 @@ class CVTask:
         self.splits = {"val": (images.val_images.to(device), images.val_labels.to(device)),
                        "test": (images.test_images.to(device), images.test_labels.to(device))}
         n = len(self.train_labels)
-        self.teacher_stream = data_lib.ShuffledBatches(n, args.batch_size, torch.Generator().manual_seed(args.seed))
-        self.student_stream = data_lib.ShuffledBatches(n, args.batch_size,
-                                                       torch.Generator().manual_seed(args.seed + 1))
-        self.augment_generator = torch.Generator().manual_seed(args.seed + 2)
+        # Under torchrun every process draws the same global batches of processes x --batch-size images and
+        # trains on its own share of each (distributed.shard): DistributedSampler's partition, epoch by epoch.
+        global_batch = args.batch_size * distributed.world_size()
+        self.teacher_stream = data_lib.ShuffledBatches(n, global_batch, torch.Generator().manual_seed(args.seed))
+        self.student_stream = data_lib.ShuffledBatches(n, global_batch, torch.Generator().manual_seed(args.seed + 1))
+        self.augment_generator = torch.Generator().manual_seed(distributed.rank_seed(args.seed + 2, stride=1000))
         self.steps_per_epoch = self.teacher_stream.batches_per_pass
 
     def _inputs(self, images: torch.Tensor, train: bool) -> torch.Tensor:
@@ -155,7 +159,7 @@ class CVTask:
         return data_lib.normalize_images(images, self.data.mean, self.data.std)
 
     def _batch(self, stream: data_lib.ShuffledBatches) -> Batch:
-        idx = stream.next()
+        idx = distributed.shard(stream.next())
         dev_idx = idx.to(self.device)
         return Batch(self._inputs(self.train_images[dev_idx], True), self.train_labels[dev_idx], indices=idx)
 
@@ -205,7 +209,7 @@ def build(args: CVArgs, device: torch.device) -> tuple[CVTask, LoTSupervisedTrai
     validate_args(args)
     images = data_lib.load_image_data(args.dataset, args.data_dir)
     data_lib.split_validation(images, args.val_size, args.seed)
-    seed_everything(args.seed, args.threads)
+    seed_everything(distributed.rank_seed(args.seed, stride=1000), args.threads)  # torchrun: own dropout masks
     channels, classes = images.image_shape[0], images.num_classes
     # The clean meta set of --reweight out of the training split, then the label noise into the rest.
     meta_images, meta_labels, noisy_mask = data_lib.hold_out_meta_set(
@@ -239,7 +243,7 @@ def train_cv(args: CVArgs, resume: str | Path | None = None, max_steps: int | No
 
     ``sample_weighting`` replaces the one ``--reweight`` builds (see :class:`training.SampleWeighting`).
     """
-    device = resolve_device(args.device)
+    device = distributed.setup(args.device)  # this process's device (torchrun: its process group starts here)
     # validates the options and reads the data first: a bad option or a missing file leaves no empty run folder
     task, trainer = build(args, device)
     run_dir, checkpoint = prepare_run(args, CHECKPOINT_KIND, args.dataset, resume)
@@ -266,5 +270,6 @@ def run_command(ns: argparse.Namespace, command: str = "cv") -> int:
         summary = train_cv(args, resume=resume)
     except KeyboardInterrupt:
         return 130
-    print_summary(summary)
+    if distributed.is_main_process():
+        print_summary(summary)
     return 0

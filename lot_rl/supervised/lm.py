@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lot_rl import config as cfg_lib
+from lot_rl import distributed
 from lot_rl.errors import require
-from lot_rl.runtime import resolve_device
 from lot_rl.supervised import data as data_lib
 from lot_rl.supervised.models import LM_MODELS, detach_state, make_language_model
 from lot_rl.supervised.training import (EXPERIMENT_FIELDS, LOT_FIELDS, Batch, CommonArgs, LoTSupervisedTrainer,
@@ -57,7 +57,7 @@ class LMArgs(CommonArgs):
     tie_weights: bool = cfg_lib.option(True, "tie input embedding and output layer")
     # --- optimization
     epochs: int = cfg_lib.option(6, "training epochs (teacher passes over the training text)")
-    batch_size: int = cfg_lib.option(32, "parallel token streams per batch")
+    batch_size: int = cfg_lib.option(32, "parallel token streams per batch (per process under torchrun / --nproc)")
     bptt: int = cfg_lib.option(35, "window length of truncated backpropagation through time")
     eval_batch_size: int = cfg_lib.option(10, "parallel streams in evaluation")
     optimizer: str = cfg_lib.option("sgd", "sgd or adam (teacher and students)", choices=("sgd", "adam"))
@@ -140,7 +140,9 @@ class LMTask:
 
     def __init__(self, text: data_lib.TextData, args: LMArgs, device: torch.device):
         self.text, self.device, self.bptt = text, device, args.bptt
-        self.train_streams = data_lib.batchify(text.train, args.batch_size)
+        # Under torchrun: processes x --batch-size streams, each process its contiguous share of them
+        streams = data_lib.batchify(text.train, args.batch_size * distributed.world_size())
+        self.train_streams = distributed.shard(streams)
         self.windows = data_lib.bptt_windows(self.train_streams, args.bptt)
         self.eval_streams = {"val": data_lib.batchify(text.valid, args.eval_batch_size),
                              "test": data_lib.batchify(text.test, args.eval_batch_size)}
@@ -213,7 +215,7 @@ def build(args: LMArgs, device: torch.device) -> tuple[LMTask, LoTSupervisedTrai
     """The data task and the LoT trainer for ``args``."""
     validate_args(args)
     text = data_lib.load_text_data(args.dataset, args.data_dir)
-    seed_everything(args.seed, args.threads)
+    seed_everything(distributed.rank_seed(args.seed, stride=1000), args.threads)  # torchrun: own dropout masks
     task = LMTask(text, args, device)
     vocab_size = len(text.vocab)
 
@@ -239,7 +241,7 @@ def build(args: LMArgs, device: torch.device) -> tuple[LMTask, LoTSupervisedTrai
 
 def train_lm(args: LMArgs, resume: str | Path | None = None, max_steps: int | None = None) -> dict[str, Any]:
     """Train (or continue) a language-modeling run; return its summary (see :func:`training.fit`)."""
-    device = resolve_device(args.device)
+    device = distributed.setup(args.device)  # this process's device (torchrun: its process group starts here)
     # validates the options and reads the data first: a bad option or a missing file leaves no empty run folder
     task, trainer = build(args, device)
     run_dir, checkpoint = prepare_run(args, CHECKPOINT_KIND, args.dataset, resume)
@@ -271,5 +273,6 @@ def run_command(ns: argparse.Namespace, command: str = "lm") -> int:
         summary = train_lm(args, resume=resume)
     except KeyboardInterrupt:
         return 130
-    print_summary(summary)
+    if distributed.is_main_process():
+        print_summary(summary)
     return 0

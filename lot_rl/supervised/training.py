@@ -35,12 +35,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from lot_rl import config as cfg_lib
+from lot_rl import distributed
 from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer, rng_state, save_checkpoint,
                                set_rng_state)
 from lot_rl.errors import LoTUserError, require
 from lot_rl.regularizer import (STUDENT_LOSSES, Students, reference_kl_weight, student_loss, validate_lot_options,
                                 validate_student_weights)
-from lot_rl.runlog import GracefulInterrupt, RunLogger, make_run_dir, progress_bar
+from lot_rl.runlog import GracefulInterrupt, QuietLogger, RunLogger, make_run_dir, progress_bar
 from lot_rl.runtime import autocast_for, keep_freed_memory
 from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, start_tracking, validate_tracking
 
@@ -250,6 +251,8 @@ class LoTSupervisedTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.students.zero_grad()
         loss.backward()
+        distributed.average_gradients(self.teacher)  # torchrun: the mean over processes, before clipping
+        distributed.average_gradients(*self.students.networks)
         if s.teacher_max_grad_norm is not None:
             nn.utils.clip_grad_norm_(self.teacher.parameters(), s.teacher_max_grad_norm)
         self.optimizer.step()
@@ -284,6 +287,7 @@ class LoTSupervisedTrainer:
         loss = self.students.imitation_loss(logits, target, s.student_loss, labels,
                                             ce_weight=s.student_ce_weight, kl_weight=s.kl_weight)
         loss.backward()
+        distributed.average_gradients(*self.students.networks)
         self.students.step()
         return float(loss.detach()) / len(self.students)
 
@@ -410,9 +414,10 @@ def prepare_run(args: CommonArgs, kind: str, dataset: str, resume: str | Path | 
     if resume is not None:
         checkpoint = load_checkpoint(resume, kind=kind)
         cfg_lib.require_unchanged_on_resume(args, checkpoint["config"])
+        distributed.require_same_world_size(checkpoint)
         return Path(checkpoint["path"]).parent, checkpoint
     run_name = args.run_name or f"{dataset}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    return make_run_dir(args.run_dir, run_name), None
+    return distributed.on_main(lambda: make_run_dir(args.run_dir, run_name)), None  # rank 0's, for all
 
 
 def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Path, epochs: int,
@@ -425,31 +430,50 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
     teacher's validation metric improves. At the end the best epoch's models are evaluated on the test
     split. ``max_steps`` stops this call after that many teacher steps with a checkpoint (resuming continues
     the same run exactly); so does a first Ctrl-C.
+
+    Under torchrun every process trains on its share of each batch (the task shards them), gradients are
+    averaged, metrics summed over the processes, and rank 0 alone writes the run folder and evaluates the test
+    split at the end.
     """
     keep_freed_memory()
     ratio = args.student_steps_ratio if len(trainer.students) else 0
     epoch, step_in_epoch, global_step, sums = 1, 0, 0, {}
     best = {"epoch": 0, "value": None, "metrics": {}}
     elapsed = 0.0
+    distributed.broadcast_parameters(*trainer.models().values())  # every process starts from rank 0's models
     if checkpoint is not None:
+        own = distributed.own_state(checkpoint)  # this process's data position, RNGs, BatchNorm statistics
         trainer.load_state_dict(checkpoint["trainer"])
-        task.load_state_dict(checkpoint["task"])
+        for name, model in trainer.models().items():
+            with torch.no_grad():
+                for buffer, saved in zip(model.buffers(), own.get("buffers", {}).get(name, [])):
+                    buffer.copy_(saved)
+        task.load_state_dict(own["task"])
         if checkpoint.get("reweighter") is not None and hasattr(sample_weighting, "load_state_dict"):
             sample_weighting.load_state_dict(checkpoint["reweighter"])
         epoch, step_in_epoch, global_step = checkpoint["epoch"], checkpoint["step_in_epoch"], checkpoint["global_step"]
-        sums, best, elapsed = checkpoint["sums"], checkpoint["best"], checkpoint["elapsed"]
-        set_rng_state(checkpoint["rng"])
+        sums, best, elapsed = own["sums"], checkpoint["best"], checkpoint["elapsed"]
+        set_rng_state(own["rng"])
+    main = distributed.is_main_process()  # rank 0 writes the run folder
 
     def write_checkpoint() -> None:
-        save_checkpoint(run_dir / CHECKPOINT_NAME, task.kind, {
-            "config": cfg_lib.to_dict(args), "trainer": trainer.state_dict(), "task": task.state_dict(),
-            "reweighter": sample_weighting.state_dict() if hasattr(sample_weighting, "state_dict") else None,
-            "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "sums": sums,
-            "best": best, "elapsed": elapsed + time.time() - start, "rng": rng_state(), **(extra_state or {})})
+        # Each process's own state; its BatchNorm statistics too, which the processes average only at epoch ends
+        buffers = {name: [b.detach().cpu() for b in model.buffers()] for name, model in trainer.models().items()}
+        ranks = distributed.gather_rank_states({"task": task.state_dict(), "sums": sums, "rng": rng_state(),
+                                                "buffers": buffers})
+        if main:
+            save_checkpoint(run_dir / CHECKPOINT_NAME, task.kind, {
+                "config": cfg_lib.to_dict(args), "trainer": trainer.state_dict(), **ranks,
+                "reweighter": sample_weighting.state_dict() if hasattr(sample_weighting, "state_dict") else None,
+                "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step, "best": best,
+                "elapsed": elapsed + time.time() - start, **(extra_state or {})})
+        distributed.barrier()  # no process goes on before the checkpoint is on disk
 
-    cfg_lib.save_config(args, run_dir / "config.yaml")
+    if main:
+        cfg_lib.save_config(args, run_dir / "config.yaml")
     logger = RunLogger(run_dir, hparams=cfg_lib.to_dict(args), purge_step=epoch if checkpoint else None,
-                       tracker=start_tracking(args, run_dir, cfg_lib.to_dict(args), step_metric="epoch"))
+                       tracker=start_tracking(args, run_dir, cfg_lib.to_dict(args), step_metric="epoch")) \
+        if main else QuietLogger()
     bar = progress_bar(epochs * task.steps_per_epoch, initial=global_step, desc=desc or task.kind)
     interrupt = GracefulInterrupt()
     start, steps_this_call, stopped = time.time(), 0, False
@@ -483,18 +507,21 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
                 steps_this_call += 1
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, loss=f"{stats['teacher/loss']:.3f}")
-                if interrupt.requested or (max_steps is not None and steps_this_call >= max_steps):
+                if (distributed.any_rank(interrupt.requested)  # every process stops at the same step
+                        or (max_steps is not None and steps_this_call >= max_steps)):
                     stopped = True
                     break
             if stopped and step_in_epoch < task.steps_per_epoch:
                 write_checkpoint()
                 break
-            # ---- end of epoch: train means, validation, best, checkpoint
-            scalars = task.train_metrics(_epoch_means(sums))
+            # ---- end of epoch: train means (over all processes), validation, best, checkpoint
+            distributed.average_buffers(*trainer.models().values())  # BatchNorm statistics: one model
+            scalars = task.train_metrics(_epoch_means(distributed.sum_across_ranks(sums)))
             if sample_weighting is not None and hasattr(sample_weighting, "epoch_metrics"):
                 for key, value in sample_weighting.epoch_metrics().items():
                     scalars.setdefault(key, value)  # a task wrapper may have logged them already
             scalars.update(task.evaluate(trainer, "val"))
+            scalars = distributed.broadcast_from_main(scalars)  # one decision (best, plateau) on every process
             trainer.end_epoch(scalars)
             scalars["charts/learning_rate"] = trainer.optimizer.param_groups[0]["lr"]
             if len(trainer.students):
@@ -505,18 +532,24 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
             value = scalars[task.selection]
             if best["value"] is None or (value > best["value"] if task.higher_is_better else value < best["value"]):
                 best = {"epoch": epoch, "value": value, "metrics": scalars}
-                save_checkpoint(run_dir / BEST_NAME, task.kind + "-best",
-                                {"config": cfg_lib.to_dict(args), "epoch": epoch, "metrics": scalars,
-                                 "models": {k: m.state_dict() for k, m in trainer.models().items()},
-                                 **(extra_state or {})})
+                if main:
+                    save_checkpoint(run_dir / BEST_NAME, task.kind + "-best",
+                                    {"config": cfg_lib.to_dict(args), "epoch": epoch, "metrics": scalars,
+                                     "models": {k: m.state_dict() for k, m in trainer.models().items()},
+                                     **(extra_state or {})})
             # Epoch lines on stderr: stdout carries only the final JSON summary.
-            bar.write(f"epoch {epoch}: " + ", ".join(f"{k.replace('teacher/', '')} {v:.4g}"
-                                                     for k, v in scalars.items() if k.startswith("teacher/")),
-                      file=sys.stderr)
+            if main:
+                bar.write(f"epoch {epoch}: " + ", ".join(f"{k.replace('teacher/', '')} {v:.4g}"
+                                                         for k, v in scalars.items() if k.startswith("teacher/")),
+                          file=sys.stderr)
             epoch, step_in_epoch = epoch + 1, 0
             write_checkpoint()
             if stopped:
                 break
+    except RuntimeError as exc:
+        if distributed.is_peer_error(exc):  # another process died: say so in one line (checkpoint intact)
+            raise distributed.peer_failure(exc, run_dir) from exc
+        raise
     finally:
         interrupt.restore()
         bar.close()
@@ -527,6 +560,8 @@ def fit(task: Task, trainer: LoTSupervisedTrainer, args: CommonArgs, run_dir: Pa
     if epoch <= epochs:  # stopped by max_steps
         logger.close()
         return {"finished": False, "run_dir": str(run_dir), "epoch": epoch, "teacher_steps": global_step}
+    if not main:  # rank 0 evaluates the best models on the test split and writes the summary
+        return {"finished": True, "run_dir": str(run_dir), "teacher_steps": global_step}
     summary = final_summary(task, trainer, args, run_dir, best, global_step, elapsed + time.time() - start)
     logger.log(epochs, {k: v for k, v in summary["test"].items()})
     logger.summary({"best_epoch": summary["best_epoch"], **summary["val"], **summary["test"]})
