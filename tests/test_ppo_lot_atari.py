@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from torch.distributions.categorical import Categorical
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -211,8 +212,10 @@ def test_lot_minibatch_gradients(num_students, weights):
         own = kl(s, teacher_logits.detach(), 1.5)
         for p, g in zip(net.parameters(), torch.autograd.grad(own, list(net.parameters()))):
             torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-7)
+    # rel 1e-3: two students run batched (their logits differ from one network's in the last bits) and the KL of
+    # these near-uniform policies is ~5e-5, a difference of nearly equal numbers
     assert stats["teacher_kl"].item() == pytest.approx(
-        sum(lam * kl(teacher_logits, s, 1.5).item() for lam, s in zip(lambdas, student_logits)), rel=1e-5)
+        sum(lam * kl(teacher_logits, s, 1.5).item() for lam, s in zip(lambdas, student_logits)), rel=1e-3)
 
 
 def test_undetached_lot_minibatch_lets_each_side_reach_the_other():
@@ -286,6 +289,29 @@ def test_train_command_end_to_end(tiny_args, tmp_path, capsys):
     agent.load_state_dict(ckpt["agent"])
     assert ckpt["config"]["precision"] == "bf16" and (run_dir / "config.yaml").is_file()
     assert len(ckpt["cache"]["entries"]) == 2 and ckpt["cache"]["entries"][0].shape == (128, 4, 84, 84)
+
+
+def test_precision_auto_is_printed_and_logged(tiny_args, monkeypatch, capsys):
+    """``--precision auto`` runs what lot_rl.runtime.resolve_precision chooses here; the choice is printed, heads
+    config.yaml (as a comment: the file still reads back as the run's options, ``auto`` included) and is in the
+    hyperparameters logged to TensorBoard and W&B."""
+    chosen = []
+    monkeypatch.setattr(lot, "resolve_precision", lambda precision, device: (chosen.append(precision) or
+                                                                            ("bf16", "auto: mocked CPU")))
+    logged = {}
+    real_logger = lot.RunLogger
+    monkeypatch.setattr(lot, "RunLogger", lambda run_dir, hparams, **kw: logged.update(hparams) or
+                        real_logger(run_dir, hparams, **kw))
+    autocasts = []
+    real_autocast_for = lot.autocast_for
+    monkeypatch.setattr(lot, "autocast_for", lambda device, p: autocasts.append(p) or real_autocast_for(device, p))
+    run_dir = lot.train(tiny_args(alpha=0.0, num_students=0, total_timesteps=64, precision="auto"))
+    assert chosen == ["auto"] and autocasts == ["bf16"]
+    assert "precision: bf16 (auto: mocked CPU)" in capsys.readouterr().out
+    text = (run_dir / "config.yaml").read_text()
+    assert text.startswith("# precision: bf16 (auto: mocked CPU)\n")
+    assert yaml.safe_load(text)["precision"] == "auto"
+    assert logged["precision"] == "auto" and logged["precision_in_use"] == "bf16"
 
 
 def test_teacher_only_run_has_no_student_cost(tiny_args, monkeypatch):

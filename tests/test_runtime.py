@@ -65,3 +65,55 @@ def test_flush_denormals_zeroes_them_and_is_undone():
     assert (tiny * 1.0)[0] > 0  # the default is back
     runtime.flush_denormals(False)()  # off: nothing to undo
     assert (tiny * 1.0)[0] > 0
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, "bf16"), (False, True, "bf16"),
+                                                        (False, False, "fp32")])
+def test_precision_auto_on_cpu_follows_native_bf16(monkeypatch, avx512_bf16, amx, expected):
+    runtime.cpu_has_native_bf16.cache_clear()
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    try:
+        precision, why = runtime.resolve_precision("auto", torch.device("cpu"))
+    finally:
+        runtime.cpu_has_native_bf16.cache_clear()
+    assert precision == expected and why.startswith("auto: this CPU")
+    # asked-for precisions are never changed
+    assert runtime.resolve_precision("fp32", torch.device("cpu"))[0] == "fp32"
+    assert runtime.resolve_precision("bf16", torch.device("cpu"))[0] == "bf16"
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [("flags : fpu avx512f avx512_bf16 amx_tile", True),
+                                               ("flags : fpu avx2 avx512f", False)])
+def test_native_bf16_falls_back_to_the_cpu_flags(monkeypatch, tmp_path, cpuinfo, expected):
+    """A torch without the CPU probes: /proc/cpuinfo's flags decide."""
+    runtime.cpu_has_native_bf16.cache_clear()
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    real_path = runtime.Path
+    monkeypatch.setattr(runtime, "Path", lambda p: real_path(tmp_path / "cpuinfo") if p == "/proc/cpuinfo" else real_path(p))
+    try:
+        assert runtime.cpu_has_native_bf16() is expected
+    finally:
+        runtime.cpu_has_native_bf16.cache_clear()
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
+def test_precision_auto_on_cuda_follows_native_bf16(monkeypatch, native, expected):
+    seen = {}
+
+    def is_bf16_supported(including_emulation=True):
+        seen["including_emulation"] = including_emulation
+        return native
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a GPU")
+    precision, why = runtime.resolve_precision("auto", torch.device("cuda", 0))
+    assert precision == expected and "a GPU" in why
+    assert seen["including_emulation"] is False  # emulated bf16 is slow: auto wants native
+
+
+def test_precision_auto_elsewhere_is_fp32_and_unknown_names_are_refused():
+    assert runtime.resolve_precision("auto", torch.device("meta"))[0] == "fp32"
+    with pytest.raises(LoTUserError, match="--precision 'fp16'"):
+        runtime.resolve_precision("fp16", torch.device("cpu"))
