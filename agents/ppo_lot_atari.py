@@ -42,8 +42,8 @@ from lot_rl.errors import LoTUserError, require
 from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
                                 validate_student_weights)
 from lot_rl.runlog import GracefulInterrupt, RunLogger, final_score, make_run_dir, progress_bar, read_metrics
-from lot_rl.runtime import (PRECISIONS, adam, autocast_dtype, autocast_for, flush_denormals, keep_freed_memory,
-                            resolve_device, resolve_precision)
+from lot_rl.runtime import (PRECISIONS, InferenceCopy, adam, autocast_dtype, autocast_for, flush_denormals,
+                            keep_freed_memory, resolve_device, resolve_precision)
 from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, start_tracking, validate_tracking
 from lot_rl.video import EpisodeRecorder, training_schedule
 
@@ -561,6 +561,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             # The native vector env cannot restore its games: continue with new ones.
             next_obs_np, _ = envs.reset(seed=args.seed + start_update)
     next_obs = _to_device_obs(next_obs_np, device, False)
+    inference = InferenceCopy(agent, precision)  # bf16: the teacher's weights cast once per update, not per forward
+    acting = inference.refresh()
 
     def write_checkpoint(update: int) -> Path:
         return save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
@@ -606,7 +608,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 obs[step] = next_obs
                 dones[step] = next_done
                 with torch.inference_mode(), autocast():
-                    action, logprob, _, value, _ = agent.get_action_and_value(
+                    action, logprob, _, value, _ = acting.get_action_and_value(
                         _to_device_obs(next_obs, device, args.channels_last))
                 values[step] = value.flatten()
                 actions[step] = action
@@ -627,7 +629,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
 
             # ---------------- GAE
             with torch.inference_mode(), autocast():
-                next_value = agent.get_value(_to_device_obs(next_obs, device, args.channels_last)).float().reshape(1, -1)
+                next_value = acting.get_value(_to_device_obs(next_obs, device, args.channels_last)).float().reshape(1, -1)
             advantages, returns = compute_gae(rewards, values, dones, next_value, next_done,
                                               args.gamma, args.gae_lambda)
             b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
@@ -666,11 +668,12 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                     clipfracs.append(float(stats["clipfrac"]))
                 if args.target_kl is not None and float(stats["approx_kl"]) > args.target_kl:
                     break
+            acting = inference.refresh()  # the updated teacher: the student phase's targets, the next rollout
 
             # ---------------- LoT: student phase, N passes of imitation over the cached rollouts
             student_kls = []
             if len(students) and args.student_steps_ratio > 0:
-                student_kls = student_phase(agent, students, cache, args, autocast)
+                student_kls = student_phase(acting, students, cache, args, autocast)
             scheduler.step()
             students.scheduler_step()
 

@@ -8,6 +8,7 @@ Every command (``train``, ``eval``, ``cv``, ``lm``) and the SB3 callback resolve
 from __future__ import annotations
 
 import contextlib
+import copy
 import ctypes
 import functools
 import os
@@ -133,6 +134,32 @@ def adam(params, **hyperparameters) -> torch.optim.Adam:
         return torch.optim.Adam(params, fused=True, **hyperparameters)
     except RuntimeError:
         return torch.optim.Adam(params, **hyperparameters)
+
+
+class InferenceCopy:
+    """The network's weights for inference between optimizer updates: bf16 copies under bf16 autocast.
+
+    Autocast casts every fp32 weight to bf16 on every forward; acting 128 times per rollout on batches of 8
+    that cast is most of the work (a Nature CNN forward on 8 frames: 3.0 ms of one core with fp32 weights
+    under autocast, 1.7 ms with bf16 weights). The copy holds the same bf16 values autocast would make
+    (round to nearest even), so outputs are identical. :meth:`refresh` after the weights changed; under fp32
+    it hands back the network itself.
+    """
+
+    def __init__(self, module: torch.nn.Module, precision: str):
+        self.module = module
+        self.copy = None
+        if precision == "bf16":
+            self.copy = copy.deepcopy(module).to(torch.bfloat16).requires_grad_(False)
+
+    def refresh(self) -> torch.nn.Module:
+        """Copy the network's current weights into the bf16 copy (no allocation); return what to run."""
+        if self.copy is None:
+            return self.module
+        with torch.no_grad():
+            for target, source in zip(self.copy.state_dict().values(), self.module.state_dict().values()):
+                target.copy_(source)
+        return self.copy
 
 
 @functools.cache

@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.overrides import TorchFunctionMode
 
 
 def stacking_obstacle(networks: Sequence[nn.Module]) -> str | None:
@@ -96,13 +98,51 @@ class StudentStack:
             self.stacked[name] = stacked
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Every network's output on ``inputs``, stacked: ``(K, *one network's output shape)``."""
+        """Every network's output on ``inputs``, stacked: ``(K, *one network's output shape)``.
+
+        Under autocast the matrix-multiply family runs in autocast's dtype, as it would network by network:
+        autocast does not reach inside ``vmap``, so :class:`_AutocastInVmap` does its casts here.
+        """
+        if torch.is_autocast_enabled(inputs.device.type):
+            with _AutocastInVmap(torch.get_autocast_dtype(inputs.device.type)):
+                return self._forward(self.stacked, inputs)
         return self._forward(self.stacked, inputs)
 
     def zero_grad(self) -> None:
         """Drop the stacked gradients (the optimizers drop the per-network views)."""
         for stacked in self.stacked.values():
             stacked.grad = None
+
+
+class _AutocastInVmap(TorchFunctionMode):
+    """Autocast's casts for the operations it runs in lower precision (convolutions, linear layers, matrix
+    products), at the Python level where ``vmap``'s batched tensors still see them.
+
+    ``torch.autocast`` works below ``vmap`` in PyTorch's dispatcher and does not cast batched operations: under
+    it, vmapped students would run in fp32 (or fail on a bf16 input). Like autocast, this casts the float32
+    tensor arguments of those operations to ``dtype`` (a differentiable cast: gradients reach the fp32 weights
+    in fp32) and leaves every other operation to run in the dtype it gets.
+    """
+
+    LOWERED = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.linear,
+               F.prelu, F.scaled_dot_product_attention, torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__,
+               torch.mm, torch.bmm, torch.addmm, torch.baddbmm, torch.addbmm}
+
+    def __init__(self, dtype: torch.dtype):
+        super().__init__()
+        self.dtype = dtype
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.LOWERED:
+            args = tuple(self._cast(a) for a in args)
+            kwargs = {k: self._cast(v) for k, v in kwargs.items()}
+        return func(*args, **kwargs)
+
+    def _cast(self, value):
+        if isinstance(value, torch.Tensor) and value.dtype == torch.float32:
+            return value.to(self.dtype)
+        return value
 
 
 def _hand_out(stacked_grad: torch.Tensor, params: Sequence[nn.Parameter]) -> None:

@@ -548,3 +548,53 @@ def test_minatar_run_resumes_and_stays_on_its_game(tmp_path, capsys):
     assert (ckpt["update"], ckpt["global_step"], ckpt["config"]["env_id"]) == (2, 256, "MinAtar/Breakout-v1")
     assert main(["train", "--resume", str(run_dir), "--env-id", "BreakoutNoFrameskip-v4"]) == 2
     assert "is from MinAtar/Breakout-v1, not BreakoutNoFrameskip-v4" in capsys.readouterr().err
+
+
+def test_frames_scaled_under_bf16_autocast_are_what_autocast_made_of_fp32_frames():
+    """scale_frames goes straight to bf16 under autocast: for every uint8 value, the bf16 that autocast's cast of
+    the fp32 quotient gives; outside autocast, x / 255.0 in fp32."""
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(lot.scale_frames(x), x.float() / 255.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scaled = lot.scale_frames(x)
+    assert scaled.dtype == torch.bfloat16 and torch.equal(scaled, (x.float() / 255.0).to(torch.bfloat16))
+
+
+@pytest.mark.filterwarnings("ignore:--precision bf16:RuntimeWarning")  # bf16 on purpose; warned on AVX2 CPUs
+def test_bf16_update_is_within_tolerance_of_fp32():
+    """One LoT update's pieces (a PPO minibatch with the penalty and the students' imitation, then a student-phase
+    step) from the same networks in fp32 and under bf16 autocast: losses, gradients and the parameters after the
+    fused Adam steps agree to bf16's precision."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        args = lot.Args(alpha=0.5, num_students=2, precision=precision)
+        agent, b = lot.Agent(4).to(memory_format=torch.channels_last), _batch(n=64)
+        obs = b["obs"].contiguous(memory_format=torch.channels_last)
+        students = lot.make_students(args, 4, torch.device("cpu"), lot.lr_factor(args))
+        before = [p.detach().clone() for p in agent.parameters()]
+        optimizer = lot.adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+        autocast = lot.autocast_for(torch.device("cpu"), precision)
+        loss, stats = lot.lot_ppo_loss(agent, students, obs, b["actions"], b["old_logprobs"], b["advantages"],
+                                       b["returns"], b["old_values"], args, alpha_now=args.alpha, autocast=autocast)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in agent.parameters()])
+        student_grads = torch.cat([p.grad.flatten() for p in students.networks.parameters()])
+        torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+        optimizer.step()
+        students.step()
+        with torch.no_grad():
+            targets = torch.randn(64, 4) * 2
+        imitation = students.imitate(obs, targets, autocast=autocast)
+        steps = torch.cat([(p.detach() - q).flatten() for p, q in zip(agent.parameters(), before)])
+        runs[precision] = dict(loss=float(loss.detach()), teacher_kl=float(stats["teacher_kl"]), imitation=imitation,
+                               grads=grads, student_grads=student_grads, steps=steps,
+                               students=torch.cat([p.detach().flatten() for p in students.networks.parameters()]))
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=2e-2)
+    assert bf16["imitation"] == pytest.approx(fp32["imitation"], rel=2e-2)
+    cosine = lambda a, b: float(torch.nn.functional.cosine_similarity(a, b, dim=0))  # noqa: E731
+    assert cosine(bf16["grads"], fp32["grads"]) > 0.99
+    assert cosine(bf16["student_grads"], fp32["student_grads"]) > 0.99
+    assert cosine(bf16["steps"], fp32["steps"]) > 0.9  # Adam's first step is nearly sign(gradient) * lr
+    torch.testing.assert_close(bf16["students"], fp32["students"], rtol=0, atol=3 * 2.5e-4)  # <= 2 steps of lr

@@ -117,3 +117,22 @@ def test_precision_auto_elsewhere_is_fp32_and_unknown_names_are_refused():
     assert runtime.resolve_precision("auto", torch.device("meta"))[0] == "fp32"
     with pytest.raises(LoTUserError, match="--precision 'fp16'"):
         runtime.resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_inference_copy_acts_as_autocast_does_and_follows_the_weights():
+    """Under bf16 the copy's weights are the bf16 values autocast casts to on every forward: the same outputs;
+    refresh() brings in the network's new weights. Under fp32 it is the network itself."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 3))
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.rand(5, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    assert runtime.InferenceCopy(net, "fp32").refresh() is net
+    inference = runtime.InferenceCopy(net, "bf16")
+    for _ in range(2):
+        acting = inference.refresh()
+        assert acting is not net and acting[0].weight.dtype == torch.bfloat16
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(acting(x), net(x))
+        with torch.no_grad():
+            net[0].weight.add_(0.5)  # an optimizer step: seen after the next refresh only
+    assert acting[0].weight.data_ptr() == inference.refresh()[0].weight.data_ptr()  # refreshed in place

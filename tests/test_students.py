@@ -129,3 +129,26 @@ def test_stacking_obstacles():
     assert "buffers" in stacking_obstacle([nn.BatchNorm1d(3), nn.BatchNorm1d(3)])
     with pytest.raises(ValueError, match="cannot be batched"):
         Students([nn.Linear(3, 2), nn.Linear(4, 2)], make_optimizer=lambda p: torch.optim.SGD(p, lr=0.1), batched=True)
+
+
+@pytest.mark.filterwarnings("ignore:--precision bf16:RuntimeWarning")
+@pytest.mark.parametrize("obs_shape", [lot.ATARI_FRAMES, MINATAR])
+def test_batched_students_under_bf16_autocast_compute_what_sequential_ones_do(obs_shape):
+    """autocast does not reach inside vmap: the stack does its casts, so batched students run in bf16 as
+    sequential ones do under autocast (Atari frames scaled to bf16, MinAtar grids in fp32 cast at the first
+    layer), with fp32 gradients for the fp32 weights."""
+    torch.manual_seed(0)
+    networks = [lot.StudentPolicy(4, obs_shape=obs_shape).to(memory_format=torch.channels_last) for _ in range(2)]
+    x = torch.randint(0, 2 if obs_shape == MINATAR else 256, (8, *obs_shape), dtype=torch.uint8)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grads = {}
+    for batched in (False, True):
+        students = _students(copy.deepcopy(networks), None, batched)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = students.logits(x)
+        assert all(l.dtype == torch.bfloat16 for l in logits)
+        sum(l.float().square().sum() for l in logits).backward()
+        grads[batched] = [p.grad for p in students.networks.parameters()]
+        assert all(g.dtype == torch.float32 for g in grads[batched])
+    for a, b in zip(grads[False], grads[True]):
+        torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-5)
