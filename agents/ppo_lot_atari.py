@@ -44,6 +44,7 @@ from lot_rl.regularizer import (ObservationCache, Students, validate_cache_optio
 from lot_rl.runlog import GracefulInterrupt, RunLogger, final_score, make_run_dir, progress_bar, read_metrics
 from lot_rl.runtime import (PRECISIONS, InferenceCopy, adam, autocast_dtype, autocast_for, flush_denormals,
                             keep_freed_memory, resolve_device, resolve_precision)
+from lot_rl.students import BATCHING_MODES, batch_students_here
 from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, start_tracking, validate_tracking
 from lot_rl.video import EpisodeRecorder, training_schedule
 
@@ -129,9 +130,10 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
                                                   "reference does)")
     student_minibatches: int = cfg_lib.option(4, "minibatches per cached rollout in the student phase (the "
                                               "reference: its PPO's 4, i.e. 256 states)")
-    batch_students: bool = cfg_lib.option(True, "with --num-students >= 2: the students run as one batched (vmapped) "
-                                          "computation, same math per student; --no-batch-students: one network "
-                                          "after another")
+    batch_students: str = cfg_lib.option("auto", "with --num-students >= 2, on: the students run as one batched "
+                                         "(vmapped) computation, same math per student; off: one network after "
+                                         "another; auto: on with CUDA, off on CPUs (where it measured no faster)",
+                                         choices=BATCHING_MODES)
     # --- speed
     precision: str = cfg_lib.option("fp32", "fp32; bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on AVX2-only "
                                     "CPUs); auto: bf16 where it is native (Ampere+ GPUs, CPUs with AVX-512 BF16/AMX), "
@@ -353,7 +355,8 @@ class StudentPolicy(nn.Module):
 def make_students(args: Args, num_actions: int, device: torch.device, lr_lambda,
                   obs_shape: tuple[int, ...] = ATARI_FRAMES) -> Students:
     """K students, each with Adam (weight decay) on the teacher's learning-rate schedule; with
-    ``--batch-students`` and K >= 2, run as one batched computation (:class:`lot_rl.students.StudentStack`)."""
+    ``--batch-students`` on (or auto, on CUDA) and K >= 2, run as one batched computation
+    (:class:`lot_rl.students.StudentStack`)."""
     student_lr = args.learning_rate if args.student_lr is None else args.student_lr
     networks = [StudentPolicy(num_actions, args.student_arch, obs_shape).to(device)
                 for _ in range(args.num_students)]
@@ -365,7 +368,8 @@ def make_students(args: Args, num_actions: int, device: torch.device, lr_lambda,
                                            weight_decay=args.student_weight_decay),
         make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
         weights=args.student_weights or None, temperature=args.temperature,
-        max_grad_norm=args.student_max_grad_norm, batched=args.batch_students and args.num_students >= 2)
+        max_grad_norm=args.student_max_grad_norm,
+        batched=batch_students_here(args.batch_students, args.num_students, device))
 
 
 def lr_factor(args: Args):

@@ -22,6 +22,23 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.overrides import TorchFunctionMode
 
+from lot_rl.errors import require
+
+
+BATCHING_MODES = ("auto", "on", "off")
+
+
+def batch_students_here(mode: str, num_students: int, device: torch.device) -> bool:
+    """Whether ``--batch-students mode`` runs ``num_students`` students batched on ``device``.
+
+    ``on``: whenever there are two or more; ``off``: never; ``auto``: on CUDA devices only. On a CPU one batched
+    student step measured 0.8-1.0x the sequential steps' speed (Nature CNN, batch 256, K 1-4, one core of an
+    AVX-512 BF16 Xeon: oneDNN's grouped convolutions are no faster than K plain ones, and a step of 256 frames
+    already fills the core), while on a GPU K small networks in one launch each replace K launches.
+    """
+    require(mode in BATCHING_MODES, f"--batch-students {mode!r}: choose one of {', '.join(BATCHING_MODES)}")
+    return num_students >= 2 and (mode == "on" or (mode == "auto" and device.type == "cuda"))
+
 
 def stacking_obstacle(networks: Sequence[nn.Module]) -> str | None:
     """Why ``networks`` cannot run as one :class:`StudentStack`, or None if they can.

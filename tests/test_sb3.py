@@ -241,9 +241,9 @@ def test_student_phase_is_n_passes_of_imitation_over_the_cached_rollouts():
     keep = KeepRollouts()
     rollouts = keep.rollouts
     lot = LoTCallback(alpha=0.5, num_students=2, student_steps_ratio=3, obs_num=2,
-                      student_on_ppo_batches=False)
+                      student_on_ppo_batches=False, batch_students="on")
     model.learn(3 * 32, callback=CallbackList([keep, lot]))
-    assert lot.students.stack is not None  # two students of one architecture run batched (by default)...
+    assert lot.students.stack is not None  # two students of one architecture run batched...
     # The cache holds real copies of the last obs_num rollouts, oldest first.
     assert lot.updates == 3 and len(lot.cache) == 2
     for cached, kept in zip(lot.cache.entries(), rollouts[-2:]):

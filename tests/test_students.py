@@ -8,7 +8,8 @@ from torch import nn
 
 import lot_rl.agents.ppo_lot_atari as lot
 from lot_rl.regularizer import Students, kl
-from lot_rl.students import StudentStack, stacking_obstacle
+from lot_rl.errors import LoTUserError
+from lot_rl.students import StudentStack, batch_students_here, stacking_obstacle
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -152,3 +153,14 @@ def test_batched_students_under_bf16_autocast_compute_what_sequential_ones_do(ob
         assert all(g.dtype == torch.float32 for g in grads[batched])
     for a, b in zip(grads[False], grads[True]):
         torch.testing.assert_close(b, a, rtol=1e-2, atol=1e-5)
+
+
+def test_batching_mode_auto_is_on_with_cuda_only_and_needs_two_students():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert batch_students_here("auto", 2, cuda) and not batch_students_here("auto", 2, cpu)
+    assert batch_students_here("on", 2, cpu) and not batch_students_here("on", 1, cpu)
+    assert not batch_students_here("off", 4, cuda)
+    with pytest.raises(LoTUserError, match="--batch-students 'yes'"):
+        batch_students_here("yes", 2, cpu)
+    args = lot.Args(num_students=3, batch_students="on")
+    assert lot.make_students(args, 4, cpu, lot.lr_factor(args)).stack is not None
