@@ -42,8 +42,8 @@ from lot_rl.errors import LoTUserError, require
 from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
                                 validate_student_weights)
 from lot_rl.runlog import GracefulInterrupt, RunLogger, final_score, make_run_dir, progress_bar, read_metrics
-from lot_rl.runtime import (PRECISIONS, InferenceCopy, adam, autocast_dtype, autocast_for, flush_denormals,
-                            keep_freed_memory, resolve_device, resolve_precision)
+from lot_rl.runtime import (PRECISIONS, HostToDevice, InferenceCopy, adam, autocast_dtype, autocast_for,
+                            flush_denormals, keep_freed_memory, resolve_device, resolve_precision)
 from lot_rl.students import BATCHING_MODES, batch_students_here
 from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, start_tracking, validate_tracking
 from lot_rl.video import EpisodeRecorder, training_schedule
@@ -564,7 +564,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         else:
             # The native vector env cannot restore its games: continue with new ones.
             next_obs_np, _ = envs.reset(seed=args.seed + start_update)
-    next_obs = _to_device_obs(next_obs_np, device, False)
+    upload = HostToDevice(device)  # CUDA: frames through pinned memory, copied asynchronously
+    next_obs = upload(next_obs_np)
     inference = InferenceCopy(agent, precision)  # bf16: the teacher's weights cast once per update, not per forward
     acting = inference.refresh()
 
@@ -619,7 +620,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 logprobs[step] = logprob
                 next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
                 rewards[step] = torch.as_tensor(np.sign(reward) if args.clip_rewards else reward, device=device)
-                next_obs = torch.as_tensor(next_obs_np, device=device)
+                next_obs = upload(next_obs_np)
                 next_done = torch.as_tensor(np.logical_or(terminations, truncations), device=device,
                                             dtype=torch.float32)
                 if "_episode" in infos:

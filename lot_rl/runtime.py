@@ -136,6 +136,34 @@ def adam(params, **hyperparameters) -> torch.optim.Adam:
         return torch.optim.Adam(params, **hyperparameters)
 
 
+class HostToDevice:
+    """Host arrays (a vector env's frames) to the training device: on CUDA through a page-locked staging buffer
+    and an asynchronous copy, elsewhere as ``torch.as_tensor`` (on CPU: the array's memory, no copy).
+
+    The buffer is reused from call to call; before overwriting it, the previous copy out of it is awaited (an
+    event), so a caller may upload the next array while the GPU still works on the last one.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._staging: torch.Tensor | None = None
+        self._copied: torch.cuda.Event | None = None
+
+    def __call__(self, array) -> torch.Tensor:
+        if self.device.type != "cuda":
+            return torch.as_tensor(array, device=self.device)
+        host = torch.as_tensor(array)
+        if self._staging is None or self._staging.shape != host.shape or self._staging.dtype != host.dtype:
+            self._staging = torch.empty(host.shape, dtype=host.dtype, pin_memory=True)
+        elif self._copied is not None:
+            self._copied.synchronize()
+        self._staging.copy_(host)
+        on_device = self._staging.to(self.device, non_blocking=True)
+        self._copied = torch.cuda.Event()
+        self._copied.record(torch.cuda.current_stream(self.device))
+        return on_device
+
+
 class InferenceCopy:
     """The network's weights for inference between optimizer updates: bf16 copies under bf16 autocast.
 

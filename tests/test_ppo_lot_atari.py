@@ -559,7 +559,7 @@ def test_frames_scaled_under_bf16_autocast_are_what_autocast_made_of_fp32_frames
 
 
 @pytest.mark.filterwarnings("ignore:--precision bf16:RuntimeWarning")  # bf16 on purpose; warned on AVX2 CPUs
-def test_bf16_update_is_within_tolerance_of_fp32():
+def test_bf16_update_is_within_tolerance_of_fp32(device):
     """One LoT update's pieces (a PPO minibatch with the penalty and the students' imitation, then a student-phase
     step) from the same networks in fp32 and under bf16 autocast: losses, gradients and the parameters after the
     fused Adam steps agree to bf16's precision."""
@@ -567,12 +567,13 @@ def test_bf16_update_is_within_tolerance_of_fp32():
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         args = lot.Args(alpha=0.5, num_students=2, precision=precision)
-        agent, b = lot.Agent(4).to(memory_format=torch.channels_last), _batch(n=64)
+        agent, b = lot.Agent(4).to(device, memory_format=torch.channels_last), _batch(n=64)
+        b = {k: v.to(device) for k, v in b.items()}
         obs = b["obs"].contiguous(memory_format=torch.channels_last)
-        students = lot.make_students(args, 4, torch.device("cpu"), lot.lr_factor(args))
+        students = lot.make_students(args, 4, device, lot.lr_factor(args))
         before = [p.detach().clone() for p in agent.parameters()]
         optimizer = lot.adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
-        autocast = lot.autocast_for(torch.device("cpu"), precision)
+        autocast = lot.autocast_for(device, precision)
         loss, stats = lot.lot_ppo_loss(agent, students, obs, b["actions"], b["old_logprobs"], b["advantages"],
                                        b["returns"], b["old_values"], args, alpha_now=args.alpha, autocast=autocast)
         loss.backward()
@@ -582,7 +583,7 @@ def test_bf16_update_is_within_tolerance_of_fp32():
         optimizer.step()
         students.step()
         with torch.no_grad():
-            targets = torch.randn(64, 4) * 2
+            targets = torch.randn(64, 4, device=device) * 2
         imitation = students.imitate(obs, targets, autocast=autocast)
         steps = torch.cat([(p.detach() - q).flatten() for p, q in zip(agent.parameters(), before)])
         runs[precision] = dict(loss=float(loss.detach()), teacher_kl=float(stats["teacher_kl"]), imitation=imitation,
@@ -596,3 +597,19 @@ def test_bf16_update_is_within_tolerance_of_fp32():
     assert cosine(bf16["student_grads"], fp32["student_grads"]) > 0.99
     assert cosine(bf16["steps"], fp32["steps"]) > 0.9  # Adam's first step is nearly sign(gradient) * lr
     torch.testing.assert_close(bf16["students"], fp32["students"], rtol=0, atol=3 * 2.5e-4)  # <= 2 steps of lr
+
+
+def test_lot_run_with_batched_students_on_each_device(tiny_args, device):
+    """A short LoT run with two batched students on the device (CUDA: frames through pinned memory, bf16): it
+    trains, checkpoints one state dict per student, and resumes with the students one after another."""
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    args = tiny_args(device=str(device), num_students=2, batch_students="on", precision=precision,
+                     student_arch="small", total_timesteps=192)
+    run_dir = lot.train(args, max_updates=2)
+    ckpt = load_checkpoint(run_dir, kind=lot.CHECKPOINT_KIND)
+    assert ckpt["update"] == 2 and len(ckpt["students"]["networks"]) == 2
+    first, second = (sd["actor.weight"] for sd in ckpt["students"]["networks"])
+    assert first.device.type == "cpu" or first.device.type == device.type
+    assert not torch.equal(first, second)
+    resumed = lot.train(tiny_args(**{**vars(args), "batch_students": "off"}), resume=run_dir)
+    assert load_checkpoint(resumed, kind=lot.CHECKPOINT_KIND)["update"] == 3

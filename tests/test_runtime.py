@@ -3,6 +3,7 @@
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -119,20 +120,54 @@ def test_precision_auto_elsewhere_is_fp32_and_unknown_names_are_refused():
         runtime.resolve_precision("fp16", torch.device("cpu"))
 
 
-def test_inference_copy_acts_as_autocast_does_and_follows_the_weights():
+def test_inference_copy_acts_as_autocast_does_and_follows_the_weights(device):
     """Under bf16 the copy's weights are the bf16 values autocast casts to on every forward: the same outputs;
     refresh() brings in the network's new weights. Under fp32 it is the network itself."""
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 3))
-    net = net.to(memory_format=torch.channels_last)
-    x = torch.rand(5, 4, 8, 8).contiguous(memory_format=torch.channels_last)
+    net = net.to(device, memory_format=torch.channels_last)
+    x = torch.rand(5, 4, 8, 8, device=device).contiguous(memory_format=torch.channels_last)
     assert runtime.InferenceCopy(net, "fp32").refresh() is net
     inference = runtime.InferenceCopy(net, "bf16")
     for _ in range(2):
         acting = inference.refresh()
         assert acting is not net and acting[0].weight.dtype == torch.bfloat16
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
             assert torch.equal(acting(x), net(x))
         with torch.no_grad():
             net[0].weight.add_(0.5)  # an optimizer step: seen after the next refresh only
     assert acting[0].weight.data_ptr() == inference.refresh()[0].weight.data_ptr()  # refreshed in place
+
+
+def test_host_to_device_uploads_every_array_intact(device):
+    """On CUDA through pinned memory and asynchronous copies (the staging buffer reused only once the last copy
+    out of it is done); on the CPU the array itself, without a copy."""
+    upload = runtime.HostToDevice(device)
+    frames = [np.random.default_rng(i).integers(0, 256, (8, 4, 84, 84), dtype=np.uint8) for i in range(4)]
+    uploaded = [upload(f) for f in frames]  # no synchronization in between: each must still arrive intact
+    for array, tensor in zip(frames, uploaded):
+        assert tensor.device.type == device.type and tensor.dtype == torch.uint8
+        assert np.array_equal(tensor.cpu().numpy(), array)
+    if device.type == "cpu":
+        assert np.shares_memory(uploaded[0].numpy(), frames[0])
+    else:
+        assert upload._staging.is_pinned()
+
+
+def test_fused_adam_makes_the_default_adams_update(device):
+    """runtime.adam: torch's fused Adam where there is one, the same update as the default (to float rounding)."""
+    torch.manual_seed(0)
+    params = [torch.randn(64, 32, device=device), torch.randn(32, device=device)]
+    runs = []
+    for make in (lambda p: runtime.adam(p, lr=1e-2, eps=1e-5, weight_decay=1e-4),
+                 lambda p: torch.optim.Adam(p, lr=1e-2, eps=1e-5, weight_decay=1e-4)):
+        copies = [p.clone().requires_grad_() for p in params]
+        optimizer = make(copies)
+        for step in range(3):
+            for p in copies:
+                p.grad = torch.full_like(p, 0.1 * (step + 1)) + p.detach() * 0.01
+            optimizer.step()
+        runs.append((optimizer, copies))
+    assert runs[0][0].defaults["fused"] is True
+    for a, b in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

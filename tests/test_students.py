@@ -38,15 +38,15 @@ def _lot_steps(teacher, students, teacher_opt, batches, detach):
 
 @pytest.mark.parametrize("num_students, weights, detach, channels_last", [
     (2, None, True, False), (3, [0.5, 0.3, 0.2], True, True), (2, [0.9, 0.1], False, False)])
-def test_batched_students_equal_sequential_ones_after_steps(num_students, weights, detach, channels_last):
+def test_batched_students_equal_sequential_ones_after_steps(num_students, weights, detach, channels_last, device):
     """Parameters, gradients and Adam moments after a few LoT steps equal those of K separate networks, with
     each student's own lambda_i (with --no-detach they reach the students' gradients), clipping and Adam."""
     torch.manual_seed(0)
-    teacher = lot.StudentPolicy(5, obs_shape=MINATAR)
-    networks = [lot.StudentPolicy(5, obs_shape=MINATAR) for _ in range(num_students)]
+    teacher = lot.StudentPolicy(5, obs_shape=MINATAR).to(device)
+    networks = [lot.StudentPolicy(5, obs_shape=MINATAR).to(device) for _ in range(num_students)]
     if channels_last:
         networks = [net.to(memory_format=torch.channels_last) for net in networks]
-    batches = [torch.randint(0, 2, (64, *MINATAR), dtype=torch.uint8) for _ in range(3)]
+    batches = [torch.randint(0, 2, (64, *MINATAR), dtype=torch.uint8, device=device) for _ in range(3)]
     runs = {}
     for batched in (False, True):
         run_teacher = copy.deepcopy(teacher)
@@ -134,18 +134,19 @@ def test_stacking_obstacles():
 
 @pytest.mark.filterwarnings("ignore:--precision bf16:RuntimeWarning")
 @pytest.mark.parametrize("obs_shape", [lot.ATARI_FRAMES, MINATAR])
-def test_batched_students_under_bf16_autocast_compute_what_sequential_ones_do(obs_shape):
+def test_batched_students_under_bf16_autocast_compute_what_sequential_ones_do(obs_shape, device):
     """autocast does not reach inside vmap: the stack does its casts, so batched students run in bf16 as
     sequential ones do under autocast (Atari frames scaled to bf16, MinAtar grids in fp32 cast at the first
     layer), with fp32 gradients for the fp32 weights."""
     torch.manual_seed(0)
-    networks = [lot.StudentPolicy(4, obs_shape=obs_shape).to(memory_format=torch.channels_last) for _ in range(2)]
-    x = torch.randint(0, 2 if obs_shape == MINATAR else 256, (8, *obs_shape), dtype=torch.uint8)
+    networks = [lot.StudentPolicy(4, obs_shape=obs_shape).to(device, memory_format=torch.channels_last)
+                for _ in range(2)]
+    x = torch.randint(0, 2 if obs_shape == MINATAR else 256, (8, *obs_shape), dtype=torch.uint8, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     grads = {}
     for batched in (False, True):
         students = _students(copy.deepcopy(networks), None, batched)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             logits = students.logits(x)
         assert all(l.dtype == torch.bfloat16 for l in logits)
         sum(l.float().square().sum() for l in logits).backward()
