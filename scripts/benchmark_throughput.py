@@ -91,23 +91,29 @@ class EnvTimer:
 
         def make_timed_env(*a, **k):
             envs = self._original(*a, **k)
-            step = envs.step
-
-            def timed_step(actions):
-                start = time.perf_counter()
-                out = step(actions)
-                self.seconds += time.perf_counter() - start
-                return out
-
-            envs.step = timed_step
+            envs.step = timed(envs.step, self._add)
             return envs
 
         agent_module.make_env = make_timed_env
         return self
 
+    def _add(self, seconds: float) -> None:
+        self.seconds += seconds
+
     def __exit__(self, *exc):
         agent_module.make_env = self._original
         return False
+
+
+def timed(function, record):
+    """``function`` that hands the seconds of each call to ``record``."""
+    def wrapper(*a, **k):
+        start = time.perf_counter()
+        out = function(*a, **k)
+        record(time.perf_counter() - start)
+        return out
+
+    return wrapper
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -151,13 +157,7 @@ class StudentPhaseTimer:
         self._original = agent_module.student_phase
         self.seconds = float("nan")
 
-        def timed(*a, **k):
-            start = time.perf_counter()
-            out = self._original(*a, **k)
-            self.seconds = time.perf_counter() - start
-            return out
-
-        agent_module.student_phase = timed
+        agent_module.student_phase = timed(self._original, lambda seconds: setattr(self, "seconds", seconds))
         return self
 
     def __exit__(self, *exc):

@@ -9,8 +9,9 @@ autocast, this profiles
   the same states, one backward, both networks clipped and stepped;
 
 each in two forms side by side: ``before``, the implementation before issue 15 (PyTorch's default CPU Adam,
-frames scaled in fp32 and cast to bf16 by autocast at the first convolution) and ``after``, lot_rl's
-(``lot_rl.runtime.adam``'s fused Adam, frames scaled straight to autocast's dtype). It prints, per form, the
+frames scaled in fp32 and cast to bf16 by autocast at the first convolution: ``benchmark_throughput.py``'s
+``before_issue_15``) and ``after``, lot_rl's (``lot_rl.runtime.adam``'s fused Adam, frames scaled straight to
+autocast's dtype). It prints, per form, the
 operators that took the most time and the median seconds per step over ``--repeats`` steps.
 
     python scripts/profile_steps.py                       # fp32 and bf16, 1 student, one thread
@@ -31,21 +32,7 @@ import lot_rl.agents.ppo_lot_atari as agent_module
 from lot_rl.agents.ppo_lot_atari import Agent, Args, lot_ppo_loss, lr_factor, make_students
 from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory
 
-
-@contextlib.contextmanager
-def implementation(form: str):
-    """``after``: lot_rl as it is; ``before``: with the default Adam and frames scaled in fp32."""
-    if form == "after":
-        yield
-        return
-    saved_adam, saved_scale = agent_module.adam, agent_module.scale_frames
-    agent_module.adam = torch.optim.Adam
-    fp32_scale = lambda x: x.to(torch.float32, copy=True).div_(255.0)  # noqa: E731
-    agent_module.scale_frames = fp32_scale
-    try:
-        yield
-    finally:
-        agent_module.adam, agent_module.scale_frames = saved_adam, saved_scale
+from benchmark_throughput import before_issue_15  # noqa: E402 (scripts/ is on the path of a script run from it)
 
 
 def steps(precision: str, num_students: int, batch: int = 256):
@@ -78,14 +65,16 @@ def steps(precision: str, num_students: int, batch: int = 256):
     return {"student step": student_step, "PPO minibatch": ppo_minibatch}
 
 
-def median_seconds(work, repeats: int) -> float:
+def cpu_seconds(work, repeats: int) -> tuple[float, float]:
+    """(best, median) seconds of the calling thread's CPU time per call: with one torch thread, steady on a busy
+    machine, where wall-clock time counts the other jobs' turns too."""
     work()  # warm-up: oneDNN primitives, allocator
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.thread_time()
         work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times.append(time.thread_time() - start)
+    return min(times), statistics.median(times)
 
 
 def main() -> None:
@@ -93,7 +82,8 @@ def main() -> None:
     parser.add_argument("--precision", nargs="*", default=None, choices=["fp32", "bf16"],
                         help="default: fp32, and bf16 where this CPU has bf16 kernels")
     parser.add_argument("--num-students", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a busy machine)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU times are the calling thread's: "
+                                                               "keep 1 to count all the work)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rows", type=int, default=8, help="operators listed per profile")
     opts = parser.parse_args()
@@ -102,12 +92,13 @@ def main() -> None:
     precisions = opts.precision or ["fp32"] + (["bf16"] if cpu_has_bf16_kernels() else [])
     for precision in precisions:
         for form in ("before", "after"):
-            with implementation(form):
+            with before_issue_15() if form == "before" else contextlib.nullcontext():
                 for name, work in steps(precision, opts.num_students).items():
-                    seconds = median_seconds(work, opts.repeats)
+                    best, median = cpu_seconds(work, opts.repeats)
                     with profile(activities=[ProfilerActivity.CPU]) as prof:
                         work()
-                    print(f"\n## {name}, {precision}, {form}: {seconds * 1000:.1f} ms (median of {opts.repeats})")
+                    print(f"\n## {name}, {precision}, {form}: {best * 1000:.1f} ms of CPU time (best of "
+                          f"{opts.repeats}; median {median * 1000:.1f} ms)")
                     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=opts.rows,
                                                     max_name_column_width=40))
 
