@@ -44,7 +44,9 @@ from lot_rl.regularizer import (ObservationCache, Students, validate_cache_optio
                                 validate_student_weights)
 from lot_rl.runlog import (GracefulInterrupt, QuietLogger, RunLogger, final_score, make_run_dir, progress_bar,
                            read_metrics)
-from lot_rl.runtime import autocast_for, flush_denormals, keep_freed_memory
+from lot_rl.runtime import (PRECISIONS, HostToDevice, InferenceCopy, adam, autocast_dtype, autocast_for,
+                            flush_denormals, keep_freed_memory, resolve_device, resolve_precision)
+from lot_rl.students import BATCHING_MODES, batch_students_here
 from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, start_tracking, validate_tracking
 from lot_rl.video import EpisodeRecorder, training_schedule
 
@@ -136,9 +138,14 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
                                                   "reference does)")
     student_minibatches: int = cfg_lib.option(4, "minibatches per cached rollout in the student phase (the "
                                               "reference: its PPO's 4, i.e. 256 states)")
+    batch_students: str = cfg_lib.option("auto", "with --num-students >= 2, on: the students run as one batched "
+                                         "(vmapped) computation, same math per student; off: one network after "
+                                         "another; auto: on with CUDA, off on CPUs (where it measured no faster)",
+                                         choices=BATCHING_MODES)
     # --- speed
-    precision: str = cfg_lib.option("fp32", "fp32, or bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on "
-                                    "AVX2-only CPUs)", choices=("fp32", "bf16"))
+    precision: str = cfg_lib.option("fp32", "fp32; bf16 autocast (fast on GPUs and AVX-512 CPUs; slow on AVX2-only "
+                                    "CPUs); auto: bf16 where it is native (Ampere+ GPUs, CPUs with AVX-512 BF16/AMX), "
+                                    "else fp32, the choice printed and logged", choices=PRECISIONS)
     channels_last: bool = cfg_lib.option(True, "channels-last memory format for the CNNs (oneDNN on CPU: about "
                                          "1.45x faster training steps than NCHW); --no-channels-last for NCHW")
     threads: int = cfg_lib.option(0, "torch CPU threads (0: torch's default); the MinAtar presets use 1, as "
@@ -212,7 +219,7 @@ OPTION_GROUPS = {**{n: "experiment" for n in ("exp_name", "seed", "torch_determi
                                         "obs_num", "cache_mode", "temperature", "detach", "lot_start",
                                         "student_arch", "student_lr", "student_weight_decay",
                                         "student_max_grad_norm", "student_on_ppo_batches",
-                                        "student_minibatches")},
+                                        "student_minibatches", "batch_students")},
                  **{n: "speed" for n in ("precision", "channels_last", "threads", "flush_denormals")}}
 
 
@@ -279,8 +286,12 @@ def minatar_network(channels: int) -> nn.Sequential:
 
 
 def scale_frames(x: torch.Tensor) -> torch.Tensor:
-    """uint8 frames -> float in [0, 1]: ``x / 255.0`` to the bit, with one float buffer instead of two."""
-    return x.to(torch.float32, copy=True).div_(255.0)  # copy: never scale a float input in place
+    """uint8 frames -> float in [0, 1]: ``x / 255.0`` to the bit, with one float buffer instead of two.
+
+    Under bf16 autocast straight to bf16: the values autocast would cast the fp32 frames to at the first layer
+    (each of the 256 quotients rounds alike), in half the memory.
+    """
+    return x.to(autocast_dtype(x.device), copy=True).div_(255.0)  # copy: never scale a float input in place
 
 
 def grid_to_float(x: torch.Tensor) -> torch.Tensor:
@@ -353,7 +364,9 @@ class StudentPolicy(nn.Module):
 
 def make_students(args: Args, num_actions: int, device: torch.device, lr_lambda,
                   obs_shape: tuple[int, ...] = ATARI_FRAMES) -> Students:
-    """K students, each with Adam (weight decay) on the teacher's learning-rate schedule."""
+    """K students, each with Adam (weight decay) on the teacher's learning-rate schedule; with
+    ``--batch-students`` on (or auto, on CUDA) and K >= 2, run as one batched computation
+    (:class:`lot_rl.students.StudentStack`)."""
     student_lr = args.learning_rate if args.student_lr is None else args.student_lr
     networks = [StudentPolicy(num_actions, args.student_arch, obs_shape).to(device)
                 for _ in range(args.num_students)]
@@ -361,11 +374,12 @@ def make_students(args: Args, num_actions: int, device: torch.device, lr_lambda,
         networks = [net.to(memory_format=torch.channels_last) for net in networks]
     return Students(
         networks,
-        make_optimizer=lambda params: torch.optim.Adam(params, lr=student_lr, eps=args.adam_eps,
-                                                       weight_decay=args.student_weight_decay),
+        make_optimizer=lambda params: adam(params, lr=student_lr, eps=args.adam_eps,
+                                           weight_decay=args.student_weight_decay),
         make_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
         weights=args.student_weights or None, temperature=args.temperature,
-        max_grad_norm=args.student_max_grad_norm)
+        max_grad_norm=args.student_max_grad_norm,
+        batched=batch_students_here(args.batch_students, args.num_students, device))
 
 
 def lr_factor(args: Args):
@@ -537,9 +551,10 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     agent = Agent(num_actions, obs_shape).to(device)
     if args.channels_last:
         agent = agent.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    optimizer = adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(args))
-    autocast = autocast_for(device, args.precision)
+    precision, precision_reason = resolve_precision(args.precision, device)
+    autocast = autocast_for(device, precision)
     # LoT: the students, their optimizers, and the cache of rollout states they imitate the teacher on
     students = make_students(args, num_actions, device, lr_factor(args), obs_shape)
     cache = ObservationCache(args.obs_num, args.cache_mode)
@@ -582,7 +597,10 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         else:
             # The native vector env cannot restore its games: continue with new ones.
             next_obs_np, _ = envs.reset(seed=seed + start_update)
-    next_obs = _to_device_obs(next_obs_np, device, False)
+    upload = HostToDevice(device)  # CUDA: frames through pinned memory, copied asynchronously
+    next_obs = upload(next_obs_np)
+    inference = InferenceCopy(agent, precision)  # bf16: the teacher's weights cast once per update, not per forward
+    acting = inference.refresh()
 
     def write_checkpoint(update: int) -> None:
         # Each process's own state (rank 0 gathers them all: under torchrun the ranks' envs, RNGs and caches differ)
@@ -600,11 +618,14 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         distributed.barrier()  # no process goes on before the checkpoint is on disk
 
     # Rank 0 alone writes the run folder (config, TensorBoard, metrics.jsonl, W&B, videos, checkpoints).
+    precision_note = f"precision: {precision} ({precision_reason})"
+    if args.precision == "auto" and distributed.is_main_process():
+        print(precision_note, flush=True)
     if distributed.is_main_process():
-        cfg_lib.save_config(args, run_dir / "config.yaml")
+        cfg_lib.save_config(args, run_dir / "config.yaml", comments=[precision_note])
     # A resumed run drops what was logged after its checkpoint (the rows at the checkpoint's step stay).
     # With --track every scalar also goes to W&B (a resumed run continues its W&B run).
-    logger = RunLogger(run_dir, hparams=cfg_lib.to_dict(args),
+    logger = RunLogger(run_dir, hparams={**cfg_lib.to_dict(args), "precision_in_use": precision},
                        purge_step=global_step + 1 if checkpoint is not None else None,
                        tracker=start_tracking(args, run_dir, cfg_lib.to_dict(args))) \
         if distributed.is_main_process() else QuietLogger()
@@ -635,7 +656,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 obs[step] = next_obs
                 dones[step] = next_done
                 with torch.inference_mode(), autocast():
-                    action, logprob, _, value, _ = agent.get_action_and_value(
+                    action, logprob, _, value, _ = acting.get_action_and_value(
                         _to_device_obs(next_obs, device, args.channels_last))
                 values[step] = value.flatten()
                 actions[step] = action
@@ -644,7 +665,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 rewards[step] = torch.as_tensor(np.sign(reward) if args.clip_rewards else reward, device=device)
                 if "forced" in infos:
                     decided[step] = torch.as_tensor(~infos["forced"], device=device, dtype=torch.float32)
-                next_obs = torch.as_tensor(next_obs_np, device=device)
+                next_obs = upload(next_obs_np)
                 next_done = torch.as_tensor(np.logical_or(terminations, truncations), device=device,
                                             dtype=torch.float32)
                 if "_episode" in infos:
@@ -660,7 +681,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
 
             # ---------------- GAE
             with torch.inference_mode(), autocast():
-                next_value = agent.get_value(_to_device_obs(next_obs, device, args.channels_last)).float().reshape(1, -1)
+                next_value = acting.get_value(_to_device_obs(next_obs, device, args.channels_last)).float().reshape(1, -1)
             advantages, returns = compute_gae(rewards, values, dones, next_value, next_done,
                                               args.gamma, args.gae_lambda)
             b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
@@ -705,11 +726,12 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                     clipfracs.append(float(stats["clipfrac"]))
                 if args.target_kl is not None and distributed.mean_across_ranks(stats["approx_kl"]) > args.target_kl:
                     break
+            acting = inference.refresh()  # the updated teacher: the student phase's targets, the next rollout
 
             # ---------------- LoT: student phase, N passes of imitation over the cached rollouts
             student_kls = []
             if len(students) and args.student_steps_ratio > 0:
-                student_kls = student_phase(agent, students, cache, args, autocast)
+                student_kls = student_phase(acting, students, cache, args, autocast)
             scheduler.step()
             students.scheduler_step()
 

@@ -15,7 +15,7 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -221,9 +221,11 @@ def from_dict(cls, values: dict[str, Any]):
     return cls(**{k: v for k, v in values.items() if k in names})
 
 
-def save_config(cfg, path: str | Path) -> None:
-    """Write the resolved options as YAML (readable back with ``--config``)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+def save_config(cfg, path: str | Path, comments: Sequence[str] = ()) -> None:
+    """Write the resolved options as YAML (readable back with ``--config``), after ``comments`` (``# `` lines:
+    what the options resolved to on this machine, e.g. ``--precision auto``)."""
+    header = "".join(f"# {line}\n" for line in comments)
+    Path(path).write_text(header + yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def args_from_namespace(ns: argparse.Namespace, cls: type, presets: dict[str, dict[str, Any]], kind: str):

@@ -22,6 +22,7 @@ from torch import nn
 
 from lot_rl.checkpoint import restore_optimizer
 from lot_rl.errors import LoTUserError, require
+from lot_rl.students import StudentStack
 
 STUDENT_LOSSES = ("kl", "kl_ce", "symmetric_kl", "symmetric_kl_ce")
 # States per teacher forward when computing the student phase's targets: 256 Atari frames keep every
@@ -148,6 +149,10 @@ class Students:
         temperature: T of every KL term.
         max_grad_norm: clip each student's gradient norm before its step (None: no clipping).
         logits_fn: ``(network, inputs) -> logits``; default ``network(inputs)``.
+        batched: run the students as one vmapped computation (:class:`lot_rl.students.StudentStack`; they
+            must share an architecture, see :func:`lot_rl.students.stacking_obstacle`) instead of one
+            network after another. Same math per student: each keeps its optimizer, clipping and lambda_i.
+            Train them through :meth:`logits` then (a direct ``networks[i](x).backward()`` is not seen).
     """
 
     def __init__(self, networks: Iterable[nn.Module],
@@ -155,8 +160,12 @@ class Students:
                  make_scheduler: Callable[[torch.optim.Optimizer], object] | None = None,
                  weights: Sequence[float] | None = None, temperature: float = 1.0,
                  max_grad_norm: float | None = None,
-                 logits_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None):
+                 logits_fn: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None,
+                 batched: bool = False):
         self.networks = nn.ModuleList(networks)
+        if batched and logits_fn is not None:
+            raise ValueError("Students: batched students are called as modules; logits_fn is not supported")
+        self.stack = StudentStack(self.networks) if batched else None
         self.weights = _resolve_weights(weights, len(self.networks)) if len(self.networks) else []
         self.temperature = temperature
         self.max_grad_norm = max_grad_norm
@@ -169,6 +178,8 @@ class Students:
 
     def logits(self, inputs: torch.Tensor) -> list[torch.Tensor]:
         """Each student's logits on ``inputs`` (with autograd, as the caller's context allows)."""
+        if self.stack is not None:
+            return list(self.stack.logits(inputs).unbind(0))
         return [self.logits_fn(net, inputs) for net in self.networks]
 
     def penalty(self, teacher_logits: torch.Tensor, student_logits: Sequence[torch.Tensor],
@@ -188,6 +199,8 @@ class Students:
     def zero_grad(self) -> None:
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
+        if self.stack is not None:
+            self.stack.zero_grad()
 
     def step(self) -> None:
         """Clip (if asked) and step every student's optimizer on the gradients already accumulated."""
@@ -221,6 +234,8 @@ class Students:
 
     def to(self, *args, **kwargs) -> "Students":
         self.networks.to(*args, **kwargs)
+        if self.stack is not None:
+            self.stack.restack()  # moved parameters have new storage: stack them again
         return self
 
     def state_dict(self) -> dict:

@@ -12,6 +12,12 @@ Reports, for the same game and PPO hyperparameters (8 envs x 128 steps, 4 epochs
 - one student phase on a full cache (obs_num rollouts) done our way (the teacher's targets once per update
   under inference mode, channels-last) beside the LoT reference's way (the teacher re-run with autograd for
   every student minibatch, NCHW): the same math, timed side by side;
+- issue 15's changes side by side with the code before them (``before_issue_15``: default Adam instead of the
+  fused one, frames scaled in fp32, the teacher acting with fp32 weights under autocast) in the PPO, LoT and
+  student-phase rows;
+- one imitation step of K = 1, 2, 4 students, sequential beside batched (``--batch-students on``);
+- with CUDA (``--parts ... gpu``, on by default): the same student rows on the GPU, and teacher-only PPO and
+  LoT on the GPU: env steps/s, s/update and the share of the time spent stepping the envs;
 - the compute floor of a LoT update on this CPU: the floating-point operations of one update at the paper's
   settings, counted by ``torch.utils.flop_counter`` on the real networks and losses, divided by the rate this
   CPU reaches on a large matrix multiply (its best case for dense math). No implementation of the same math
@@ -26,13 +32,14 @@ Steps/s are measured between the first and the last logged update (start-up excl
 on an AVX-512 machine of this project (../shared/reference-notes.md); they are printed for scale only, as
 they come from another CPU. Ratios to SB3 and to the reference-style student phase are measured here.
 
-    python scripts/benchmark_throughput.py            # about 16 minutes on 2 cores
+    python scripts/benchmark_throughput.py            # about 30 minutes on 2 idle cores
     python scripts/benchmark_throughput.py --quick    # 3 updates, LoT with a cache of 3 rollouts
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -48,7 +55,9 @@ import lot_rl.agents.ppo_lot_atari as agent_module
 from lot_rl.agents.ppo_lot_atari import Agent, Args, lot_ppo_loss, lr_factor, make_students, train
 from lot_rl.regularizer import ObservationCache
 from lot_rl.runlog import read_metrics
-from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory, resolve_device
+from lot_rl import runtime
+from lot_rl.regularizer import Students
+from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory
 
 CLEANRL_SPS = 227.0  # CleanRL ppo_atari.py, AVX-512 machine (reference-notes.md)
 REFERENCE_LOT_SECONDS = 48.0  # the LoT reference at the paper's settings, cache full, same machine
@@ -58,16 +67,71 @@ def update_rows(run_dir: Path) -> list[dict]:
     return [r for r in read_metrics(run_dir) if "charts/SPS" in r]
 
 
+@contextlib.contextmanager
+def before_issue_15():
+    """lot_rl's training as it was before issue 15's speed work, for rows side by side with today's: PyTorch's
+    default Adam (not fused), frames scaled in fp32 (autocast casts them at the first layer) and the teacher
+    acting with its fp32 weights (autocast casts every weight on every forward). The same math."""
+    saved = agent_module.adam, agent_module.scale_frames, agent_module.InferenceCopy
+    agent_module.adam = torch.optim.Adam
+    agent_module.scale_frames = lambda x: x.to(torch.float32, copy=True).div_(255.0)
+    agent_module.InferenceCopy = lambda module, precision: runtime.InferenceCopy(module, "fp32")
+    try:
+        yield
+    finally:
+        agent_module.adam, agent_module.scale_frames, agent_module.InferenceCopy = saved
+
+
+class EnvTimer:
+    """Adds up the seconds spent in ``envs.step`` (the emulator, and the wrappers) during one run."""
+
+    def __enter__(self):
+        self._original = agent_module.make_env
+        self.seconds = 0.0
+
+        def make_timed_env(*a, **k):
+            envs = self._original(*a, **k)
+            envs.step = timed(envs.step, self._add)
+            return envs
+
+        agent_module.make_env = make_timed_env
+        return self
+
+    def _add(self, seconds: float) -> None:
+        self.seconds += seconds
+
+    def __exit__(self, *exc):
+        agent_module.make_env = self._original
+        return False
+
+
+def timed(function, record):
+    """``function`` that hands the seconds of each call to ``record``."""
+    def wrapper(*a, **k):
+        start = time.perf_counter()
+        out = function(*a, **k)
+        record(time.perf_counter() - start)
+        return out
+
+    return wrapper
+
+
 # ----------------------------------------------------------------------------------------------------
 # One measurement each, run in a child process (see ``measure``)
 
 
-def ppo_sps(env_id: str, updates: int, root: Path, precision: str, channels_last: bool, backend: str) -> float:
+def ppo_sps(env_id: str, updates: int, root: Path, precision: str, channels_last: bool, backend: str,
+            device: str = "cpu") -> dict[str, float]:
+    """Teacher-only PPO: env steps/s between the first and the last update, and the share of the whole run's
+    time spent stepping the envs."""
     args = Args(env_id=env_id, total_timesteps=1024 * (updates + 1), alpha=0.0, num_students=0,
                 student_steps_ratio=0, lr_schedule="linear", run_dir=str(root), save_every=10**6, run_name="ppo",
-                precision=precision, channels_last=channels_last, env_backend=backend)
-    rows = update_rows(train(args))
-    return (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["time"] - rows[0]["time"])
+                precision=precision, channels_last=channels_last, env_backend=backend, device=device)
+    start = time.perf_counter()
+    with EnvTimer() as env_timer:
+        rows = update_rows(train(args))
+    return {"sps": (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["time"] - rows[0]["time"]),
+            "env_fraction": env_timer.seconds / (time.perf_counter() - start)}
 
 
 def sb3_sps(env_id: str, updates: int) -> float:
@@ -93,13 +157,7 @@ class StudentPhaseTimer:
         self._original = agent_module.student_phase
         self.seconds = float("nan")
 
-        def timed(*a, **k):
-            start = time.perf_counter()
-            out = self._original(*a, **k)
-            self.seconds = time.perf_counter() - start
-            return out
-
-        agent_module.student_phase = timed
+        agent_module.student_phase = timed(self._original, lambda seconds: setattr(self, "seconds", seconds))
         return self
 
     def __exit__(self, *exc):
@@ -107,15 +165,45 @@ class StudentPhaseTimer:
         return False
 
 
-def lot_update(env_id: str, obs_num: int, root: Path, precision: str) -> dict[str, float]:
-    """LoT at the paper's settings, our defaults: the update once the cache is full, split in two phases."""
+def lot_update(env_id: str, obs_num: int, root: Path, precision: str, device: str = "cpu") -> dict[str, float]:
+    """LoT at the paper's settings, our defaults: the update once the cache is full, split in two phases, and
+    the share of the whole run's time spent stepping the envs."""
     args = Args(env_id=env_id, total_timesteps=1024 * (obs_num + 1), obs_num=obs_num, student_steps_ratio=5,
-                run_dir=str(root), save_every=10**6, run_name="lot", precision=precision)
-    with StudentPhaseTimer() as timer:
+                run_dir=str(root), save_every=10**6, run_name="lot", precision=precision, device=device)
+    start = time.perf_counter()
+    with StudentPhaseTimer() as timer, EnvTimer() as env_timer:
         train(args)
+    env_fraction = env_timer.seconds / (time.perf_counter() - start)
     rows = update_rows(root / "lot")
     total = rows[-1]["time"] - rows[-2]["time"]
-    return {"total": total, "student": timer.seconds, "teacher": total - timer.seconds}
+    return {"total": total, "student": timer.seconds, "teacher": total - timer.seconds, "env_fraction": env_fraction}
+
+
+def student_step_seconds(num_students: int, precision: str, batched: bool, device: str = "cpu",
+                         repeats: int = 5) -> float:
+    """One imitation step of K students (the student phase's unit of work: 256 frames, Nature CNN,
+    channels-last), sequential or batched; the best of ``repeats`` after a warm-up step."""
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    args = Args(num_students=num_students, precision=precision, batch_students="on" if batched else "off")
+    students = make_students(args, 4, dev, lr_factor(args))
+    if batched and not students.stack:  # one student: a stack of one, to see what batching costs alone
+        students = Students(students.networks, make_optimizer=lambda p: runtime.adam(p, lr=args.learning_rate),
+                            max_grad_norm=args.student_max_grad_norm, batched=True)
+    frames = torch.randint(0, 256, (256, 4, 84, 84), dtype=torch.uint8, device=dev)
+    frames = frames.contiguous(memory_format=torch.channels_last)
+    targets = torch.randn(256, 4, device=dev)
+    autocast = autocast_for(dev, precision)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    students.imitate(frames, targets, autocast=autocast)
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        start = time.perf_counter()
+        students.imitate(frames, targets, autocast=autocast)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def reference_style_student_phase(agent, students, cache, args, autocast) -> None:
@@ -155,6 +243,8 @@ def student_phase_seconds(obs_num: int, precision: str, style: str, channels_las
             cache.append(frames.contiguous(memory_format=torch.channels_last) if channels_last else frames)
         return cache
 
+    if style == "ours":  # the teacher's targets as lot-rl train computes them (bf16: from bf16 weights)
+        agent = agent_module.InferenceCopy(agent, precision).refresh()
     phase(agent, students, full_cache(1), args, autocast)  # warm-up
     cache = full_cache(obs_num)
     start = time.perf_counter()
@@ -202,25 +292,27 @@ def lot_update_flops(obs_num: int, student_steps_ratio: int = 5) -> dict[str, fl
 
 
 def matmul_flops_per_second(precision: str, n: int = 2048, repeats: int = 20) -> float:
-    """The best rate of an n x n matrix multiply on the training device (``--device auto``: a GPU if there is
-    one): its practical peak for dense math."""
-    device = resolve_device("auto")
+    """The best rate of an n x n matrix multiply on the CPU (where the LoT rows run): its practical peak for
+    dense math."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)  # warm-up
-    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         torch.mm(a, b)
-        sync()
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
 
 
 def measure(spec: dict) -> dict:
-    """Run one measurement described by ``spec`` (in this process) and return its figures."""
+    """Run one measurement described by ``spec`` (in this process) and return its figures; ``legacy`` in the
+    spec measures lot_rl as it was before issue 15 (:func:`before_issue_15`)."""
+    with before_issue_15() if spec.get("legacy") else contextlib.nullcontext():
+        return _measure(spec)
+
+
+def _measure(spec: dict) -> dict:
     kind = spec["kind"]
     if kind == "sb3":
         return {"sps": sb3_sps(spec["env_id"], spec["updates"])}
@@ -229,11 +321,14 @@ def measure(spec: dict) -> dict:
     if kind == "phase":
         return {"seconds": student_phase_seconds(spec["obs_num"], spec["precision"], spec["style"],
                                                  spec["channels_last"])}
+    if kind == "students":
+        return {"seconds": student_step_seconds(spec["num_students"], spec["precision"], spec["batched"],
+                                                spec.get("device", "cpu"))}
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "ppo":
-            return {"sps": ppo_sps(spec["env_id"], spec["updates"], Path(tmp), spec["precision"],
-                                   spec["channels_last"], spec["backend"])}
-        return lot_update(spec["env_id"], spec["obs_num"], Path(tmp), spec["precision"])
+            return ppo_sps(spec["env_id"], spec["updates"], Path(tmp), spec["precision"], spec["channels_last"],
+                           spec["backend"], spec.get("device", "cpu"))
+        return lot_update(spec["env_id"], spec["obs_num"], Path(tmp), spec["precision"], spec.get("device", "cpu"))
 
 
 def measure_in_child(spec: dict, keep_memory: bool = True) -> dict:
@@ -251,8 +346,9 @@ def main() -> None:
     parser.add_argument("--env-id", default="BreakoutNoFrameskip-v4")
     parser.add_argument("--updates", type=int, default=6, help="measured PPO updates per configuration")
     parser.add_argument("--quick", action="store_true", help="3 updates, LoT cache of 3 rollouts")
-    parser.add_argument("--parts", nargs="*", default=["sb3", "ppo", "lot", "phase", "floor"],
-                        choices=["sb3", "ppo", "lot", "phase", "floor"])
+    parts = ["sb3", "ppo", "lot", "phase", "students", "floor", "gpu"]
+    parser.add_argument("--parts", nargs="*", default=parts, choices=parts,
+                        help="gpu: the CUDA rows (only where CUDA is available)")
     parser.add_argument("--force-bf16", action="store_true",
                         help="also run bf16 on a CPU without bf16 kernels (emulated: very slow)")
     parser.add_argument("--json", default=None, help="also write the figures here")
@@ -265,19 +361,24 @@ def main() -> None:
 
     updates = 3 if opts.quick else opts.updates
     obs_num = 3 if opts.quick else 10
-    bf16 = cpu_has_bf16_kernels() or torch.cuda.is_available() or opts.force_bf16
+    bf16 = cpu_has_bf16_kernels() or opts.force_bf16
     precisions = ["fp32"] + (["bf16"] if bf16 else [])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{opts.env_id}; {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"bf16 kernels: {cpu_has_bf16_kernels()}; load average at start {load:.2f}; "
-          f"{updates} measured updates; LoT cache {obs_num} rollouts\n", flush=True)
+          f"bf16 kernels: {cpu_has_bf16_kernels()}; CUDA: "
+          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; load average at start "
+          f"{load:.2f}; {updates} measured updates; LoT cache {obs_num} rollouts\n", flush=True)
 
     results: dict[str, float] = {}
     common = {"env_id": opts.env_id, "updates": updates, "obs_num": obs_num}
+    before = "before issue 15 (default Adam, fp32 frames, autocast casting the teacher's weights every forward)"
 
     def row(name: str, value: float, unit: str, *ratios: str) -> None:
         print(f"| {name} | {value:,.1f} {unit} | {' | '.join(ratios)} |", flush=True)
+
+    def env_share(figures: dict) -> str:
+        return f"env {figures['env_fraction']:.0%} of the time"
 
     print("| configuration | figure | ratio |\n| --- | --- | --- |", flush=True)
     row("CleanRL ppo_atari.py (notes; AVX-512 machine)", CLEANRL_SPS, "steps/s", "for scale")
@@ -285,40 +386,77 @@ def main() -> None:
         results["sb3_sps"] = measure_in_child({**common, "kind": "sb3"}, keep_memory=False)["sps"]
         row("SB3 PPO, same hyperparameters, fp32", results["sb3_sps"], "steps/s", "1.00x SB3")
     if "ppo" in opts.parts:
-        # CleanRL's configuration first: gymnasium wrappers in a SyncVectorEnv, NCHW, fp32, default allocator
-        configs = [("fp32", False, "gymnasium", False), ("fp32", False, "ale", True), ("fp32", True, "ale", True)]
-        configs += [(p, True, "ale", True) for p in precisions if p != "fp32"]
-        for precision, channels_last, backend, keep_memory in configs:
-            key = f"ppo_{precision}_{'cl' if channels_last else 'nchw'}_{backend}_sps"
+        # CleanRL's configuration first: gymnasium wrappers in a SyncVectorEnv, NCHW, fp32, default allocator;
+        # then each of our configurations, those issue 15 changed (channels-last) before and after it
+        configs = [("fp32", False, "gymnasium", False, False), ("fp32", False, "ale", True, False)]
+        configs += [(p, True, "ale", True, legacy) for p in precisions for legacy in (True, False)]
+        for precision, channels_last, backend, keep_memory, legacy in configs:
+            key = (f"ppo_{precision}_{'cl' if channels_last else 'nchw'}_{backend}{'_before' if legacy else ''}_sps")
             spec = {**common, "kind": "ppo", "precision": precision, "channels_last": channels_last,
-                    "backend": backend}
-            results[key] = measure_in_child(spec, keep_memory)["sps"]
+                    "backend": backend, "legacy": legacy}
+            figures = measure_in_child(spec, keep_memory)
+            results[key], results[key.replace("_sps", "_env_fraction")] = figures["sps"], figures["env_fraction"]
             ratios = [f"{results[key] / results['ppo_fp32_nchw_gymnasium_sps']:.2f}x CleanRL's configuration"]
             ratios += [f"{results[key] / results['sb3_sps']:.2f}x SB3"] if "sb3_sps" in results else []
+            ratios += [env_share(figures)]
             name = (f"lot_rl PPO {precision}, {'channels-last' if channels_last else 'NCHW'}, "
                     + ("gymnasium wrappers, default allocator (CleanRL's configuration)" if backend == "gymnasium"
-                       else "native ALE"))
+                       else "native ALE") + (f", {before}" if legacy else ""))
             row(name, results[key], "steps/s", *ratios)
     if "lot" in opts.parts:
         row("LoT reference, paper settings (notes; AVX-512 machine)", REFERENCE_LOT_SECONDS, "s/update",
             "for scale")
-        for precision in precisions:
-            lot = measure_in_child({**common, "kind": "lot", "precision": precision})
-            results.update({f"lot_{precision}_{part}_s": value for part, value in lot.items()})
+        # bf16 before and after issue 15 (the work it did is mostly bf16's), fp32 as it is
+        for precision, legacy in [("fp32", False)] + [("bf16", legacy) for legacy in (True, False) if bf16]:
+            lot = measure_in_child({**common, "kind": "lot", "precision": precision, "legacy": legacy})
+            suffix = "_before" if legacy else ""
+            results.update({f"lot_{precision}{suffix}_{part}_s": value for part, value in lot.items()
+                            if part != "env_fraction"})
             row(f"lot_rl LoT {precision}, N 5, obs_num {obs_num}, once the cache is full: teacher phase "
-                f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s", lot["total"], "s/update",
-                f"{REFERENCE_LOT_SECONDS / lot['total']:.2f}x faster than the reference's figure")
+                f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s" + (f", {before}" if legacy else ""),
+                lot["total"], "s/update", f"{REFERENCE_LOT_SECONDS / lot['total']:.2f}x faster than the reference's "
+                f"figure", env_share(lot))
     if "phase" in opts.parts:
         for precision in precisions:
-            ours = measure_in_child({**common, "kind": "phase", "precision": precision, "style": "ours",
-                                     "channels_last": True})["seconds"]
             reference = measure_in_child({**common, "kind": "phase", "precision": precision,
                                           "style": "reference", "channels_last": False}, keep_memory=False)["seconds"]
-            results[f"phase_{precision}_ours_s"], results[f"phase_{precision}_reference_style_s"] = ours, reference
+            results[f"phase_{precision}_reference_style_s"] = reference
             row(f"student phase ({precision}, N 5, {obs_num} rollouts), the reference's way: teacher re-run "
                 f"with autograd per minibatch, NCHW", reference, "s", "1.00x")
-            row(f"student phase ({precision}, same cache), ours: teacher targets once, channels-last", ours, "s",
-                f"{reference / ours:.2f}x faster")
+            for legacy in (True, False):
+                ours = measure_in_child({**common, "kind": "phase", "precision": precision, "style": "ours",
+                                         "channels_last": True, "legacy": legacy})["seconds"]
+                results[f"phase_{precision}_ours{'_before' if legacy else ''}_s"] = ours
+                row(f"student phase ({precision}, same cache), ours: teacher targets once, channels-last"
+                    + (f", {before}" if legacy else ""), ours, "s", f"{reference / ours:.2f}x faster")
+    devices = ["cpu"] + (["cuda"] if "gpu" in opts.parts and torch.cuda.is_available() else [])
+    if "students" in opts.parts:
+        for device in devices:
+            for precision in (precisions if device == "cpu" else ["fp32", "bf16"]):
+                for k in (1, 2, 4):
+                    seconds = {batched: measure_in_child({"kind": "students", "num_students": k, "precision": precision,
+                                                          "batched": batched, "device": device})["seconds"]
+                               for batched in (False, True)}
+                    results[f"students_{device}_{precision}_k{k}_sequential_s"] = seconds[False]
+                    results[f"students_{device}_{precision}_k{k}_batched_s"] = seconds[True]
+                    row(f"{k} student(s), one imitation step of 256 frames ({device}, {precision}): sequential",
+                        seconds[False] * 1000, "ms", "1.00x")
+                    row(f"{k} student(s), same step, batched (vmap over stacked parameters)", seconds[True] * 1000,
+                        "ms", f"{seconds[False] / seconds[True]:.2f}x the sequential speed")
+    if "gpu" in opts.parts and "cuda" in devices:
+        for precision in ("fp32", "bf16"):
+            spec = {**common, "kind": "ppo", "precision": precision, "channels_last": True, "backend": "ale",
+                    "device": "cuda"}
+            figures = measure_in_child(spec)
+            results[f"gpu_ppo_{precision}_sps"] = figures["sps"]
+            row(f"GPU: lot_rl PPO {precision}, channels-last, native ALE", figures["sps"], "steps/s",
+                *([f"{figures['sps'] / results['ppo_fp32_cl_ale_sps']:.2f}x the CPU's fp32"]
+                  if "ppo_fp32_cl_ale_sps" in results else []), env_share(figures))
+            lot = measure_in_child({**common, "kind": "lot", "precision": precision, "device": "cuda"})
+            results[f"gpu_lot_{precision}_total_s"] = lot["total"]
+            row(f"GPU: lot_rl LoT {precision}, N 5, obs_num {obs_num}: teacher phase {lot['teacher']:.1f} s + "
+                f"student phase {lot['student']:.1f} s", lot["total"], "s/update",
+                f"{1024 / lot['total']:,.0f} env steps/s", env_share(lot))
     if "floor" in opts.parts:
         for precision in precisions:
             floor = measure_in_child({**common, "kind": "floor", "precision": precision})
@@ -327,7 +465,7 @@ def main() -> None:
             results[f"matmul_{precision}_gflops"] = floor["rate"] / 1e9
             measured = results.get(f"lot_{precision}_total_s")
             row(f"compute floor of a LoT update ({precision}, N 5, obs_num {obs_num}): "
-                f"{floor['total'] / 1e12:.2f} TFLOP (students {floor['student'] / 1e12:.2f}) at the training device's "
+                f"{floor['total'] / 1e12:.2f} TFLOP (students {floor['student'] / 1e12:.2f}) at the CPU's "
                 f"{floor['rate'] / 1e9:.0f} GFLOP/s matrix-multiply rate", seconds, "s/update",
                 f"the measured update takes {measured / seconds:.2f}x this" if measured else "no LoT row measured")
     if opts.json:

@@ -10,6 +10,25 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: a CUDA variant of a test (the `device` fixture's cuda parameter), skipped "
+                                       "without CUDA; `pytest -m gpu` runs them all on a GPU machine")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")])])
+def device(request):
+    """The device a test runs on: the CPU, and a CUDA device where there is one (marked ``gpu``). On CUDA, TF32
+    is off for the test, so that comparisons of two computations hold to float32 tolerances."""
+    if request.param == "cpu":
+        yield torch.device("cpu")
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield torch.device("cuda", 0)
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @pytest.fixture
 def one_thread():
     """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_thread")``): one thread is

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from torch.distributions.categorical import Categorical
 from torch.optim.optimizer import register_optimizer_step_pre_hook
@@ -322,6 +323,29 @@ def test_train_command_end_to_end(tiny_args, tmp_path, capsys):
     assert len(ckpt["cache"]["entries"]) == 2 and ckpt["cache"]["entries"][0].shape == (128, 4, 84, 84)
 
 
+def test_precision_auto_is_printed_and_logged(tiny_args, monkeypatch, capsys):
+    """``--precision auto`` runs what lot_rl.runtime.resolve_precision chooses here; the choice is printed, heads
+    config.yaml (as a comment: the file still reads back as the run's options, ``auto`` included) and is in the
+    hyperparameters logged to TensorBoard and W&B."""
+    chosen = []
+    monkeypatch.setattr(lot, "resolve_precision", lambda precision, device: (chosen.append(precision) or
+                                                                            ("bf16", "auto: mocked CPU")))
+    logged = {}
+    real_logger = lot.RunLogger
+    monkeypatch.setattr(lot, "RunLogger", lambda run_dir, hparams, **kw: logged.update(hparams) or
+                        real_logger(run_dir, hparams, **kw))
+    autocasts = []
+    real_autocast_for = lot.autocast_for
+    monkeypatch.setattr(lot, "autocast_for", lambda device, p: autocasts.append(p) or real_autocast_for(device, p))
+    run_dir = lot.train(tiny_args(alpha=0.0, num_students=0, total_timesteps=64, precision="auto"))
+    assert chosen == ["auto"] and autocasts == ["bf16"]
+    assert "precision: bf16 (auto: mocked CPU)" in capsys.readouterr().out
+    text = (run_dir / "config.yaml").read_text()
+    assert text.startswith("# precision: bf16 (auto: mocked CPU)\n")
+    assert yaml.safe_load(text)["precision"] == "auto"
+    assert logged["precision"] == "auto" and logged["precision_in_use"] == "bf16"
+
+
 def test_teacher_only_run_has_no_student_cost(tiny_args, monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("no student work in teacher-only PPO")
@@ -594,3 +618,70 @@ def test_training_leaves_the_forced_steps_of_each_restarted_life_out_of_the_loss
         assert all(terminated[s - 1, env] for s in starts)
     assert len(masks) == 1 and masks[0] is not None  # one minibatch: the whole rollout, shuffled
     assert masks[0].numel() == forced.size and int((masks[0] == 0).sum()) == int(forced.sum()) > 0
+
+
+def test_frames_scaled_under_bf16_autocast_are_what_autocast_made_of_fp32_frames():
+    """scale_frames goes straight to bf16 under autocast: for every uint8 value, the bf16 that autocast's cast of
+    the fp32 quotient gives; outside autocast, x / 255.0 in fp32."""
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.equal(lot.scale_frames(x), x.float() / 255.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scaled = lot.scale_frames(x)
+    assert scaled.dtype == torch.bfloat16 and torch.equal(scaled, (x.float() / 255.0).to(torch.bfloat16))
+
+
+@pytest.mark.filterwarnings("ignore:--precision bf16:RuntimeWarning")  # bf16 on purpose; warned on AVX2 CPUs
+def test_bf16_update_is_within_tolerance_of_fp32(device):
+    """One LoT update's pieces (a PPO minibatch with the penalty and the students' imitation, then a student-phase
+    step) from the same networks in fp32 and under bf16 autocast: losses, gradients and the parameters after the
+    fused Adam steps agree to bf16's precision."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        args = lot.Args(alpha=0.5, num_students=2, precision=precision)
+        agent, b = lot.Agent(4).to(device, memory_format=torch.channels_last), _batch(n=64)
+        b = {k: v.to(device) for k, v in b.items()}
+        obs = b["obs"].contiguous(memory_format=torch.channels_last)
+        students = lot.make_students(args, 4, device, lot.lr_factor(args))
+        before = [p.detach().clone() for p in agent.parameters()]
+        optimizer = lot.adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+        autocast = lot.autocast_for(device, precision)
+        loss, stats = lot.lot_ppo_loss(agent, students, obs, b["actions"], b["old_logprobs"], b["advantages"],
+                                       b["returns"], b["old_values"], args, alpha_now=args.alpha, autocast=autocast)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in agent.parameters()])
+        student_grads = torch.cat([p.grad.flatten() for p in students.networks.parameters()])
+        torch.nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+        optimizer.step()
+        students.step()
+        with torch.no_grad():
+            targets = torch.randn(64, 4, device=device) * 2
+        imitation = students.imitate(obs, targets, autocast=autocast)
+        steps = torch.cat([(p.detach() - q).flatten() for p, q in zip(agent.parameters(), before)])
+        runs[precision] = dict(loss=float(loss.detach()), teacher_kl=float(stats["teacher_kl"]), imitation=imitation,
+                               grads=grads, student_grads=student_grads, steps=steps,
+                               students=torch.cat([p.detach().flatten() for p in students.networks.parameters()]))
+    fp32, bf16 = runs["fp32"], runs["bf16"]
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=2e-2)
+    assert bf16["imitation"] == pytest.approx(fp32["imitation"], rel=2e-2)
+    cosine = lambda a, b: float(torch.nn.functional.cosine_similarity(a, b, dim=0))  # noqa: E731
+    assert cosine(bf16["grads"], fp32["grads"]) > 0.99
+    assert cosine(bf16["student_grads"], fp32["student_grads"]) > 0.99
+    assert cosine(bf16["steps"], fp32["steps"]) > 0.9  # Adam's first step is nearly sign(gradient) * lr
+    torch.testing.assert_close(bf16["students"], fp32["students"], rtol=0, atol=3 * 2.5e-4)  # <= 2 steps of lr
+
+
+def test_lot_run_with_batched_students_on_each_device(tiny_args, device):
+    """A short LoT run with two batched students on the device (CUDA: frames through pinned memory, bf16): it
+    trains, checkpoints one state dict per student, and resumes with the students one after another."""
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    args = tiny_args(device=str(device), num_students=2, batch_students="on", precision=precision,
+                     student_arch="small", total_timesteps=192)
+    run_dir = lot.train(args, max_updates=2)
+    ckpt = load_checkpoint(run_dir, kind=lot.CHECKPOINT_KIND)
+    assert ckpt["update"] == 2 and len(ckpt["students"]["networks"]) == 2
+    first, second = (sd["actor.weight"] for sd in ckpt["students"]["networks"])
+    assert first.device.type == "cpu" or first.device.type == device.type
+    assert not torch.equal(first, second)
+    resumed = lot.train(tiny_args(**{**vars(args), "batch_students": "off"}), resume=run_dir)
+    assert load_checkpoint(resumed, kind=lot.CHECKPOINT_KIND)["update"] == 3

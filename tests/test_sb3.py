@@ -241,8 +241,9 @@ def test_student_phase_is_n_passes_of_imitation_over_the_cached_rollouts():
     keep = KeepRollouts()
     rollouts = keep.rollouts
     lot = LoTCallback(alpha=0.5, num_students=2, student_steps_ratio=3, obs_num=2,
-                      student_on_ppo_batches=False)
+                      student_on_ppo_batches=False, batch_students="on")
     model.learn(3 * 32, callback=CallbackList([keep, lot]))
+    assert lot.students.stack is not None  # two students of one architecture run batched...
     # The cache holds real copies of the last obs_num rollouts, oldest first.
     assert lot.updates == 3 and len(lot.cache) == 2
     for cached, kept in zip(lot.cache.entries(), rollouts[-2:]):
@@ -251,7 +252,8 @@ def test_student_phase_is_n_passes_of_imitation_over_the_cached_rollouts():
     assert model.logger.name_to_value["lot/student_steps"] == 3 * 2 * 4
 
     # A sharper teacher, then one more student phase replayed by hand: teacher targets on the cache,
-    # shuffled minibatches, student_loss, clipping at max_grad_norm, Adam (teacher's lr, weight decay 1e-4).
+    # shuffled minibatches, student_loss, clipping at max_grad_norm, Adam (teacher's lr, weight decay 1e-4),
+    # one network after another (...with the same math as the batched students).
     with torch.no_grad():
         model.policy.action_net.weight.normal_(0, 2.0)
     replica = [copy.deepcopy(net) for net in lot.students.networks]
