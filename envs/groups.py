@@ -94,7 +94,7 @@ def concat_infos(infos: list[dict[str, Any]], sizes: list[int]) -> dict[str, Any
             joined[key] = concat_infos([v if v is not None else {} for v in values], sizes)
         else:
             template = np.asarray(template)
-            joined[key] = np.concatenate([np.asarray(v) if v is not None else np.zeros(n, template.dtype)
+            joined[key] = np.concatenate([np.asarray(v) if v is not None else np.zeros((n, *template.shape[1:]), template.dtype)
                                           for v, n in zip(values, sizes)])
     return joined
 
