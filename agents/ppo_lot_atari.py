@@ -40,9 +40,9 @@ from lot_rl.envs import make_env, parse_env_id, video_frame
 from lot_rl.envs.atari import BACKENDS, get_env_state, set_env_state, supports_state
 from lot_rl.envs.groups import interleaved_steps
 from lot_rl.errors import LoTUserError, require
+from lot_rl.overlap import BackgroundWork
 from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
                                 validate_student_weights)
-from lot_rl.overlap import BackgroundWork
 from lot_rl.runlog import GracefulInterrupt, RunLogger, final_score, make_run_dir, progress_bar, read_metrics
 from lot_rl.runtime import autocast_for, flush_denormals, keep_freed_memory, resolve_device
 from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, start_tracking, validate_tracking

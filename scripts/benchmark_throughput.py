@@ -7,8 +7,12 @@ Reports, for the same game and PPO hyperparameters (8 envs x 128 steps, 4 epochs
   ale-py's native vector env; with channels-last (our default); with bf16 autocast (only where the CPU
   has bf16 kernels, or with ``--force-bf16``);
 - env steps/s of SB3 PPO with the same hyperparameters (``make_atari_env`` + ``VecFrameStack``);
+- the same with ``--env-groups 2`` (the network acts for one half of the envs while the other half's games
+  run in the emulator), beside the row it changes;
 - seconds per update of LoT at the paper's settings (N 5, obs_num 10) once the student cache is full,
-  split into the teacher phase (rollout + PPO with the penalty) and the student phase;
+  split into the teacher phase (rollout + PPO with the penalty) and the student phase; then the same update
+  with ``--env-groups 2``, with ``--overlap-students`` (the student phase in a worker thread beside the next
+  rollout) and with both, each as a ratio to the sequential update;
 - one student phase on a full cache (obs_num rollouts) done our way (the teacher's targets once per update
   under inference mode, channels-last) beside the LoT reference's way (the teacher re-run with autograd for
   every student minibatch, NCHW): the same math, timed side by side;
@@ -26,7 +30,7 @@ Steps/s are measured between the first and the last logged update (start-up excl
 on an AVX-512 machine of this project (../shared/reference-notes.md); they are printed for scale only, as
 they come from another CPU. Ratios to SB3 and to the reference-style student phase are measured here.
 
-    python scripts/benchmark_throughput.py            # about 16 minutes on 2 cores
+    python scripts/benchmark_throughput.py            # about 40 minutes on 2 cores
     python scripts/benchmark_throughput.py --quick    # 3 updates, LoT with a cache of 3 rollouts
 """
 
@@ -62,10 +66,11 @@ def update_rows(run_dir: Path) -> list[dict]:
 # One measurement each, run in a child process (see ``measure``)
 
 
-def ppo_sps(env_id: str, updates: int, root: Path, precision: str, channels_last: bool, backend: str) -> float:
+def ppo_sps(env_id: str, updates: int, root: Path, precision: str, channels_last: bool, backend: str,
+            env_groups: int = 1) -> float:
     args = Args(env_id=env_id, total_timesteps=1024 * (updates + 1), alpha=0.0, num_students=0,
                 student_steps_ratio=0, lr_schedule="linear", run_dir=str(root), save_every=10**6, run_name="ppo",
-                precision=precision, channels_last=channels_last, env_backend=backend)
+                precision=precision, channels_last=channels_last, env_backend=backend, env_groups=env_groups)
     rows = update_rows(train(args))
     return (rows[-1]["step"] - rows[0]["step"]) / (rows[-1]["time"] - rows[0]["time"])
 
@@ -107,10 +112,13 @@ class StudentPhaseTimer:
         return False
 
 
-def lot_update(env_id: str, obs_num: int, root: Path, precision: str) -> dict[str, float]:
-    """LoT at the paper's settings, our defaults: the update once the cache is full, split in two phases."""
+def lot_update(env_id: str, obs_num: int, root: Path, precision: str, env_groups: int = 1,
+               overlap_students: bool = False) -> dict[str, float]:
+    """LoT at the paper's settings, our defaults: the update once the cache is full, split in two phases (the
+    split means something only when the student phase does not overlap the rollout)."""
     args = Args(env_id=env_id, total_timesteps=1024 * (obs_num + 1), obs_num=obs_num, student_steps_ratio=5,
-                run_dir=str(root), save_every=10**6, run_name="lot", precision=precision)
+                run_dir=str(root), save_every=10**6, run_name="lot", precision=precision, env_groups=env_groups,
+                overlap_students=overlap_students)
     with StudentPhaseTimer() as timer:
         train(args)
     rows = update_rows(root / "lot")
@@ -232,8 +240,9 @@ def measure(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "ppo":
             return {"sps": ppo_sps(spec["env_id"], spec["updates"], Path(tmp), spec["precision"],
-                                   spec["channels_last"], spec["backend"])}
-        return lot_update(spec["env_id"], spec["obs_num"], Path(tmp), spec["precision"])
+                                   spec["channels_last"], spec["backend"], spec.get("env_groups", 1))}
+        return lot_update(spec["env_id"], spec["obs_num"], Path(tmp), spec["precision"], spec.get("env_groups", 1),
+                          spec.get("overlap_students", False))
 
 
 def measure_in_child(spec: dict, keep_memory: bool = True) -> dict:
@@ -286,18 +295,22 @@ def main() -> None:
         row("SB3 PPO, same hyperparameters, fp32", results["sb3_sps"], "steps/s", "1.00x SB3")
     if "ppo" in opts.parts:
         # CleanRL's configuration first: gymnasium wrappers in a SyncVectorEnv, NCHW, fp32, default allocator
-        configs = [("fp32", False, "gymnasium", False), ("fp32", False, "ale", True), ("fp32", True, "ale", True)]
-        configs += [(p, True, "ale", True) for p in precisions if p != "fp32"]
-        for precision, channels_last, backend, keep_memory in configs:
-            key = f"ppo_{precision}_{'cl' if channels_last else 'nchw'}_{backend}_sps"
+        # then each speed-up of ours in turn; --env-groups 2 right after the row it is compared with
+        configs = [("fp32", False, "gymnasium", False, 1), ("fp32", False, "ale", True, 1),
+                   ("fp32", True, "ale", True, 1), ("fp32", True, "ale", True, 2)]
+        configs += [(p, True, "ale", True, groups) for p in precisions if p != "fp32" for groups in (1, 2)]
+        for precision, channels_last, backend, keep_memory, groups in configs:
+            key = f"ppo_{precision}_{'cl' if channels_last else 'nchw'}_{backend}{'_groups2' * (groups == 2)}_sps"
             spec = {**common, "kind": "ppo", "precision": precision, "channels_last": channels_last,
-                    "backend": backend}
+                    "backend": backend, "env_groups": groups}
             results[key] = measure_in_child(spec, keep_memory)["sps"]
             ratios = [f"{results[key] / results['ppo_fp32_nchw_gymnasium_sps']:.2f}x CleanRL's configuration"]
             ratios += [f"{results[key] / results['sb3_sps']:.2f}x SB3"] if "sb3_sps" in results else []
+            if groups == 2:
+                ratios.append(f"{results[key] / results[key.replace('_groups2', '')]:.2f}x one env group")
             name = (f"lot_rl PPO {precision}, {'channels-last' if channels_last else 'NCHW'}, "
                     + ("gymnasium wrappers, default allocator (CleanRL's configuration)" if backend == "gymnasium"
-                       else "native ALE"))
+                       else "native ALE") + (", --env-groups 2" if groups == 2 else ""))
             row(name, results[key], "steps/s", *ratios)
     if "lot" in opts.parts:
         row("LoT reference, paper settings (notes; AVX-512 machine)", REFERENCE_LOT_SECONDS, "s/update",
@@ -306,8 +319,19 @@ def main() -> None:
             lot = measure_in_child({**common, "kind": "lot", "precision": precision})
             results.update({f"lot_{precision}_{part}_s": value for part, value in lot.items()})
             row(f"lot_rl LoT {precision}, N 5, obs_num {obs_num}, once the cache is full: teacher phase "
-                f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s", lot["total"], "s/update",
+                f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s ({1024 / lot['total']:.0f} env "
+                f"steps/s)", lot["total"], "s/update",
                 f"{REFERENCE_LOT_SECONDS / lot['total']:.2f}x faster than the reference's figure")
+            # the rollout's and the student phase's overlaps, each beside the sequential update above
+            for groups, overlap in ((2, False), (1, True), (2, True)):
+                timed = measure_in_child({**common, "kind": "lot", "precision": precision, "env_groups": groups,
+                                          "overlap_students": overlap})
+                key = f"lot_{precision}{'_groups2' * (groups == 2)}{'_overlap' * overlap}"
+                results[f"{key}_total_s"] = timed["total"]
+                what = " and ".join(["--env-groups 2"] * (groups == 2) + ["--overlap-students"] * overlap)
+                row(f"lot_rl LoT {precision}, same settings, {what} ({1024 / timed['total']:.0f} env steps/s; "
+                    f"student phase {timed['student']:.1f} s{', beside the rollout' if overlap else ''})",
+                    timed["total"], "s/update", f"{lot['total'] / timed['total']:.2f}x the sequential update")
     if "phase" in opts.parts:
         for precision in precisions:
             ours = measure_in_child({**common, "kind": "phase", "precision": precision, "style": "ours",
