@@ -230,6 +230,8 @@ def matmul_flops_per_second(precision: str, n: int = 2048, repeats: int = 20) ->
 def measure(spec: dict) -> dict:
     """Run one measurement described by ``spec`` (in this process) and return its figures."""
     kind = spec["kind"]
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])  # every kind of run keeps the threads it finds (lot-rl's --threads 0)
     if kind == "sb3":
         return {"sps": sb3_sps(spec["env_id"], spec["updates"])}
     if kind == "floor":
@@ -264,6 +266,9 @@ def main() -> None:
                         choices=["sb3", "ppo", "lot", "phase", "floor"])
     parser.add_argument("--force-bf16", action="store_true",
                         help="also run bf16 on a CPU without bf16 kernels (emulated: very slow)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of every measured run (0: torch's default, one per core); 1 on a busy "
+                             "machine, where idle threads spinning for cores others hold slow each step down")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: one child measurement
     opts = parser.parse_args()
@@ -278,12 +283,12 @@ def main() -> None:
     precisions = ["fp32"] + (["bf16"] if bf16 else [])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{opts.env_id}; {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{opts.threads or torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
           f"bf16 kernels: {cpu_has_bf16_kernels()}; load average at start {load:.2f}; "
           f"{updates} measured updates; LoT cache {obs_num} rollouts\n", flush=True)
 
     results: dict[str, float] = {}
-    common = {"env_id": opts.env_id, "updates": updates, "obs_num": obs_num}
+    common = {"env_id": opts.env_id, "updates": updates, "obs_num": obs_num, "threads": opts.threads}
 
     def row(name: str, value: float, unit: str, *ratios: str) -> None:
         print(f"| {name} | {value:,.1f} {unit} | {' | '.join(ratios)} |", flush=True)
