@@ -12,6 +12,11 @@ Every env still makes exactly ``num_steps`` steps per rollout, and each env's ga
 single vector env (env ``i`` is seeded ``seed + i`` either way; tested). What changes with the number of groups is
 only how the network's batch is cut: the actions are sampled per group, so a seed gives another (but again the
 same, run after run) course of actions than with one group.
+
+Why fixed groups rather than ale-py's asynchronous mode (``AtariVectorEnv(batch_size < num_envs)``, as envpool):
+there ``recv`` returns whichever envs finished first (``info["env_id"]`` says which), so which envs the network
+acts for together, and the order in which actions are sampled, depend on thread timing: a seed would not give the
+same run twice, and each env's count of steps per rollout would need bookkeeping. Fixed groups keep both.
 """
 
 from __future__ import annotations
