@@ -39,7 +39,9 @@ from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimiz
                                save_checkpoint, set_rng_state)
 from lot_rl.envs import make_env, parse_env_id, video_frame
 from lot_rl.envs.atari import BACKENDS, get_env_state, set_env_state, supports_state
+from lot_rl.envs.groups import interleaved_steps
 from lot_rl.errors import LoTUserError, require
+from lot_rl.overlap import BackgroundWork
 from lot_rl.regularizer import (ObservationCache, Students, validate_cache_options, validate_lot_options,
                                 validate_student_weights)
 from lot_rl.runlog import (GracefulInterrupt, QuietLogger, RunLogger, final_score, make_run_dir, progress_bar,
@@ -87,6 +89,9 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
         False, "Atari, native backend: after a life loss take CleanRL's hidden NOOP, FIRE, action-2 steps (left "
         "out of the loss) and restart the frame stack, as CleanRL's wrappers do (docs/learning_parity.md; off: "
         "the native env's own behaviour, the agent presses FIRE)")
+    env_groups: int = cfg_lib.option(1, "native Atari env only: step the envs in this many groups, the network "
+                                     "acting for one group while the others' games run (2 hides the emulator on "
+                                     "machines with cores to spare; same data per update)")
     max_episode_frames: int | None = cfg_lib.option(
         None, "frames before a game is truncated (default: 108,000 on Atari, 30 minutes, the standard; none on "
         "MinAtar, its protocol; the reference's old gym: 400,000)")
@@ -150,6 +155,9 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
                                          "1.45x faster training steps than NCHW); --no-channels-last for NCHW")
     threads: int = cfg_lib.option(0, "torch CPU threads (0: torch's default); the MinAtar presets use 1, as "
                                   "intra-op threads only slow their small networks down")
+    overlap_students: bool = cfg_lib.option(False, "run each update's student phase in a worker thread alongside "
+                                            "the next rollout (same math; the torch threads are split between "
+                                            "the two while both run)")
     flush_denormals: bool = cfg_lib.option(False, "CPU: flush denormal floats to zero (fully with --threads 1); the "
                                            "MinAtar presets turn it on, as their students' weight-decayed weights "
                                            "sink into the denormal range, where every step is 20x slower")
@@ -214,13 +222,15 @@ OPTION_GROUPS = {**{n: "experiment" for n in ("exp_name", "seed", "torch_determi
                                                "run_name", "save_every", "capture_video", "video_every",
                                                *TRACKING_FIELDS)},
                  **{n: "environment" for n in ("env_id", "env_backend", "num_envs", "repeat_action_probability",
-                                                "full_action_space", "env_threads", "max_episode_frames")},
+                                                "full_action_space", "env_threads", "env_groups",
+                                                "max_episode_frames")},
                  **{n: "LoT" for n in ("alpha", "num_students", "student_weights", "student_steps_ratio",
                                         "obs_num", "cache_mode", "temperature", "detach", "lot_start",
                                         "student_arch", "student_lr", "student_weight_decay",
                                         "student_max_grad_norm", "student_on_ppo_batches",
                                         "student_minibatches", "batch_students")},
-                 **{n: "speed" for n in ("precision", "channels_last", "threads", "flush_denormals")}}
+                 **{n: "speed" for n in ("precision", "channels_last", "threads", "overlap_students",
+                                          "flush_denormals")}}
 
 
 def validate_args(args: Args) -> None:
@@ -235,6 +245,10 @@ def validate_args(args: Args) -> None:
     require(args.batch_size % args.num_minibatches == 0,
             f"--num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} "
             f"(num_envs x num_steps); choose a divisor of {args.batch_size}")
+    # The background student phase all-reduces its gradients while the rollout's own collectives may run: two
+    # threads of collectives on one process group would interleave differently on different ranks.
+    require(not (args.overlap_students and distributed.world_size() > 1),
+            "--overlap-students cannot run under torchrun (several processes): leave it out there")
     rollout = args.batch_size * distributed.world_size()  # under torchrun: one rollout of every process
     require(args.total_timesteps >= rollout,
             f"--total-timesteps {args.total_timesteps} is less than one rollout ({rollout} steps)")
@@ -540,7 +554,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                     repeat_action_probability=args.repeat_action_probability,
                     full_action_space=args.full_action_space, num_threads=args.env_threads,
                     max_episode_frames=args.max_episode_frames, video_frames=args.capture_video,
-                    life_loss_restart=args.life_loss_restart)
+                    life_loss_restart=args.life_loss_restart, groups=args.env_groups)
     num_actions = int(envs.single_action_space.n)
     obs_shape = envs.single_observation_space.shape  # the networks follow it: Atari frames or MinAtar grids
     if checkpoint is not None:
@@ -559,6 +573,10 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     students = make_students(args, num_actions, device, lr_factor(args), obs_shape)
     cache = ObservationCache(args.obs_num, args.cache_mode)
     distributed.broadcast_parameters(agent, *students.networks)  # every process starts from rank 0's networks
+    # LoT: the student phase draws its shuffles from its own generator, so that it can run beside the rollout
+    student_rng = torch.Generator(device).manual_seed(seed)
+    student_work = BackgroundWork(args.overlap_students and len(students) > 0 and args.student_steps_ratio > 0,
+                                  device)
     # The run folder exists only once everything above was built (a refused option leaves nothing behind).
     if checkpoint is not None:
         run_dir = Path(checkpoint["path"]).parent
@@ -581,6 +599,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     global_step, start_update = 0, 1
     next_obs_np, _ = envs.reset(seed=seed)
     next_done = torch.zeros(args.num_envs, device=device)
+    student_phase_step = None  # --overlap-students: the step of the update whose student phase is running
     if checkpoint is not None:
         own = distributed.own_state(checkpoint)  # this process's envs, RNGs and cache
         agent.load_state_dict(checkpoint["agent"])
@@ -590,6 +609,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
         cache.load_state_dict({**own["cache"], "entries": [e.to(device) for e in own["cache"]["entries"]]})
         global_step, start_update = checkpoint["global_step"], checkpoint["update"] + 1
         set_rng_state(own["rng"])
+        if "student_rng" in own:
+            student_rng.set_state(own["student_rng"])
         if own.get("env_state") is not None and supports_state(envs):
             set_env_state(envs, own["env_state"])
             next_obs_np = own["next_obs"].numpy()
@@ -598,16 +619,38 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             # The native vector env cannot restore its games: continue with new ones.
             next_obs_np, _ = envs.reset(seed=seed + start_update)
     upload = HostToDevice(device)  # CUDA: frames through pinned memory, copied asynchronously
-    next_obs = upload(next_obs_np)
+    next_obs = upload(next_obs_np).clone()  # updated in place, envs by envs, during rollouts
     inference = InferenceCopy(agent, precision)  # bf16: the teacher's weights cast once per update, not per forward
     acting = inference.refresh()
+
+    def act(step: int, envs_now: slice) -> np.ndarray:
+        """The teacher acts for envs ``envs_now`` on what they show at ``step``, recorded in the rollout storage."""
+        obs[step, envs_now] = next_obs[envs_now]
+        dones[step, envs_now] = next_done[envs_now]
+        with torch.inference_mode(), autocast():
+            action, logprob, _, value, _ = acting.get_action_and_value(
+                _to_device_obs(next_obs[envs_now], device, args.channels_last))
+        values[step, envs_now] = value.flatten()
+        actions[step, envs_now] = action
+        logprobs[step, envs_now] = logprob
+        return action.cpu().numpy()
+
+    def finish_background_student_phase() -> None:
+        """--overlap-students: wait for the student phase in flight; log its loss at its own update's step."""
+        nonlocal student_phase_step
+        student_kls = student_work.result()
+        students.scheduler_step()
+        if student_kls:
+            logger.log(student_phase_step, {"lot/student_kl": float(np.mean(student_kls))})
+        student_phase_step = None
 
     def write_checkpoint(update: int) -> None:
         # Each process's own state (rank 0 gathers them all: under torchrun the ranks' envs, RNGs and caches differ)
         cache_state = cache.state_dict()
         ranks = distributed.gather_rank_states({
             "cache": {**cache_state, "entries": [e.cpu() for e in cache_state["entries"]]}, "rng": rng_state(),
-            "env_state": get_env_state(envs), "next_obs": next_obs.cpu(), "next_done": next_done.cpu()})
+            "student_rng": student_rng.get_state(), "env_state": get_env_state(envs), "next_obs": next_obs.cpu(),
+            "next_done": next_done.cpu()})
         if distributed.is_main_process():
             save_checkpoint(run_dir / CHECKPOINT_NAME, CHECKPOINT_KIND, {
                 "config": cfg_lib.to_dict(args), "num_actions": num_actions, "observation_shape": list(obs_shape),
@@ -649,29 +692,24 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     restore_denormals = flush_denormals(args.flush_denormals)
     try:
         for update in range(start_update, args.num_updates + 1):
-            # ---------------- rollout
+            # ---------------- rollout: the teacher acts (`act`), the games step; with --env-groups the games of
+            # one group of envs run while the teacher acts for another (lot_rl.envs.groups)
             finished = []  # (global step, return, length) of the games that ended
-            for step in range(args.num_steps):
-                global_step += args.num_envs * distributed.world_size()
-                obs[step] = next_obs
-                dones[step] = next_done
-                with torch.inference_mode(), autocast():
-                    action, logprob, _, value, _ = acting.get_action_and_value(
-                        _to_device_obs(next_obs, device, args.channels_last))
-                values[step] = value.flatten()
-                actions[step] = action
-                logprobs[step] = logprob
-                next_obs_np, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
-                rewards[step] = torch.as_tensor(np.sign(reward) if args.clip_rewards else reward, device=device)
+            rollout_start = global_step
+            for step, stepped, (next_obs_np, reward, terminations, truncations, infos) in interleaved_steps(
+                    envs, args.num_steps, act):
+                global_step = rollout_start + (step + 1) * args.num_envs * distributed.world_size()
+                rewards[step, stepped] = torch.as_tensor(np.sign(reward) if args.clip_rewards else reward,
+                                                         device=device)
                 if "forced" in infos:
-                    decided[step] = torch.as_tensor(~infos["forced"], device=device, dtype=torch.float32)
-                next_obs = upload(next_obs_np)
-                next_done = torch.as_tensor(np.logical_or(terminations, truncations), device=device,
-                                            dtype=torch.float32)
+                    decided[step, stepped] = torch.as_tensor(~infos["forced"], device=device, dtype=torch.float32)
+                next_obs[stepped] = upload(next_obs_np)
+                next_done[stepped] = torch.as_tensor(np.logical_or(terminations, truncations), device=device,
+                                                     dtype=torch.float32)
                 if "_episode" in infos:
                     for i in np.flatnonzero(infos["_episode"]):
                         finished.append((global_step, float(infos["episode"]["r"][i]), int(infos["episode"]["l"][i])))
-                if videos is not None:
+                if videos is not None and stepped.start == 0:  # env 0's step
                     videos.step(lambda: video_frame(envs, 0, next_obs_np[0]),
                                 game_over="_episode" in infos and bool(infos["_episode"][0]))
             # Every process's games, logged by rank 0 in step order
@@ -692,7 +730,10 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             if args.channels_last:
                 b_obs = b_obs.contiguous(memory_format=torch.channels_last)
 
-            # LoT: remember this rollout's states for the student phase
+            # LoT: the previous update's student phase (--overlap-students: run alongside this rollout) ends before
+            # the cache changes and the PPO update needs the students; then remember this rollout's states
+            if student_phase_step is not None:
+                finish_background_student_phase()
             if len(students):
                 cache.append(b_obs)
             # LoT: the penalty is off until the students have imitated at least once (and until --lot-start)
@@ -728,12 +769,17 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                     break
             acting = inference.refresh()  # the updated teacher: the student phase's targets, the next rollout
 
-            # ---------------- LoT: student phase, N passes of imitation over the cached rollouts
+            # ---------------- LoT: student phase, N passes of imitation over the cached rollouts; with
+            # --overlap-students in a worker thread, alongside the next rollout (lot_rl.overlap)
             student_kls = []
             if len(students) and args.student_steps_ratio > 0:
-                student_kls = student_phase(acting, students, cache, args, autocast)
+                student_work.start(student_phase, acting, students, cache, args, autocast, student_rng)
             scheduler.step()
-            students.scheduler_step()
+            if student_work.enabled:
+                student_phase_step = global_step
+            else:
+                student_kls = student_work.result() or []
+                students.scheduler_step()
 
             # ---------------- logging (CleanRL's tags, plus lot/*)
             y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
@@ -749,7 +795,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             }
             if teacher_kls:
                 scalars["lot/teacher_kl"] = float(np.mean(teacher_kls))
-            if student_kls or ppo_student_kls:
+            if (student_kls or ppo_student_kls) and student_phase_step is None:  # else logged when the phase ends
                 scalars["lot/student_kl"] = float(np.mean(student_kls or ppo_student_kls))
             logger.log(global_step, scalars)
             bar.update(steps_per_update)
@@ -757,6 +803,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             stop = (distributed.any_rank(interrupt.requested)  # every process stops at the same update
                     or (max_updates is not None and update - start_update + 1 >= max_updates))
             if update % args.save_every == 0 or update == args.num_updates or stop:
+                if student_phase_step is not None:  # the checkpoint holds the students after their phase
+                    finish_background_student_phase()
                 write_checkpoint(update)
             if update == args.num_updates and distributed.is_main_process():
                 score, episodes = final_score(read_metrics(run_dir))  # W&B's summary of the finished run
@@ -771,6 +819,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
             raise distributed.peer_failure(exc, run_dir) from exc
         raise
     finally:
+        student_work.close()
         restore_denormals()
         torch.set_num_threads(default_threads)
         interrupt.restore()
@@ -784,11 +833,13 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
     return run_dir
 
 
-def student_phase(agent: Agent, students: Students, cache: ObservationCache, args: Args, autocast) -> list[float]:
+def student_phase(agent: Agent, students: Students, cache: ObservationCache, args: Args, autocast,
+                  generator: torch.Generator | None = None) -> list[float]:
     """N passes over the cache; per cached rollout, ``student_minibatches`` shuffled imitation minibatches.
 
     The cache hands out each minibatch with the teacher's targets, computed once per distinct cached
-    rollout: the teacher does not change during the phase. Returns each step's mean student loss.
+    rollout: the teacher does not change during the phase (it only reads the teacher, as the rollout does). The
+    shuffles draw from ``generator`` (default: torch's global one). Returns each step's mean student loss.
     """
     def teacher_logits(states: torch.Tensor) -> torch.Tensor:
         with autocast():
@@ -796,7 +847,7 @@ def student_phase(agent: Agent, students: Students, cache: ObservationCache, arg
 
     losses = []
     for mb_obs, mb_targets in cache.student_minibatches(teacher_logits, args.student_steps_ratio,
-                                                        args.student_minibatches):
+                                                        args.student_minibatches, generator):
         if args.channels_last:
             mb_obs = mb_obs.contiguous(memory_format=torch.channels_last)
         with autocast():

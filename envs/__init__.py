@@ -54,7 +54,7 @@ def parse_env_id(env_id: str) -> Game:
 def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = True, backend: str | None = None,
              repeat_action_probability: float | None = None, full_action_space: bool = False,
              mode: int | None = None, difficulty: int | None = None, render: bool = False, num_threads: int = 0,
-             max_episode_frames: int | None = None, video_frames: bool = False,
+             max_episode_frames: int | None = None, video_frames: bool = False, groups: int = 1,
              life_loss_restart: bool = False) -> VectorEnv:
     """The vector env of any lot_rl env id.
 
@@ -65,6 +65,8 @@ def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = 
             :func:`lot_rl.envs.atari.make_atari_env`); MinAtar ids reject them unless left at their defaults
             (``render``: MinAtar frames are always drawn by :func:`render_frame`).
         max_episode_frames: cut games after this many frames (None: 108,000 on Atari, no limit on MinAtar).
+        groups: Atari's native backend only: the envs in that many groups whose games run while the network
+            acts for another (:mod:`lot_rl.envs.groups`).
         life_loss_restart: Atari, native backend: restart each life as CleanRL's wrappers do
             (:class:`lot_rl.envs.atari.LifeLossRestart`); MinAtar games have one life, so it changes nothing there.
         video_frames: keep the games' pictures for :func:`video_frame` without changing the backend (``render``
@@ -77,7 +79,7 @@ def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = 
             env_id, num_envs, seed, backend=backend, episodic_life=training,
             repeat_action_probability=repeat_action_probability, full_action_space=full_action_space, mode=mode,
             difficulty=difficulty, render=render or (video_frames and backend == "gymnasium"), num_threads=num_threads,
-            max_episode_frames=max_episode_frames or atari.MAX_EPISODE_FRAMES,
+            max_episode_frames=max_episode_frames or atari.MAX_EPISODE_FRAMES, groups=groups,
             life_loss_restart=life_loss_restart and backend == "ale")
     game = minatar.parse_env_id(env_id)
     game.choose_backend(backend)
@@ -85,6 +87,7 @@ def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = 
     require(not full_action_space, f"--full-action-space is an Atari option; {env_id} has its own action set "
                                    f"(-v0 ids have all six MinAtar actions)")
     require(num_threads == 0, f"--env-threads is an Atari option; {env_id} steps its games in one loop")
+    require(groups == 1, f"--env-groups is an Atari option; {env_id} steps its games in one loop")
     return minatar.make_minatar_env(env_id, num_envs, seed, repeat_action_probability=repeat_action_probability,
                                     max_episode_frames=max_episode_frames)
 

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
 
+from lot_rl.envs.groups import EnvGroups
 from lot_rl.errors import LoTUserError, require
 
 gym.register_envs(ale_py)
@@ -129,7 +130,8 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
                    episodic_life: bool = True, repeat_action_probability: float | None = None,
                    full_action_space: bool = False, mode: int | None = None, difficulty: int | None = None,
                    render: bool = False, num_threads: int = 0,
-                   max_episode_frames: int = MAX_EPISODE_FRAMES, life_loss_restart: bool = False) -> VectorEnv:
+                   max_episode_frames: int = MAX_EPISODE_FRAMES, groups: int = 1,
+                   life_loss_restart: bool = False) -> VectorEnv:
     """Build ``num_envs`` preprocessed Atari envs (see the module docstring), already validated.
 
     Args:
@@ -138,6 +140,9 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         repeat_action_probability: sticky actions; None takes the id's protocol (v4: 0, v5: 0.25).
         mode, difficulty: ALE game flavour (``gymnasium`` backend only; chosen automatically if given).
         render: keep full-resolution RGB frames available through ``env.call("render")`` (gymnasium).
+        groups: native backend only: the envs as that many native vector envs, one :class:`EnvGroups`, so that
+            one group's games run in the emulator while the network acts for another (``interleaved_steps``).
+            ``num_threads`` is then split between the groups.
         life_loss_restart: native backend: restart each life as CleanRL's wrappers do (:class:`LifeLossRestart`);
             the gymnasium backend always does (it is CleanRL's wrappers).
     Reset the returned env with ``env.reset(seed=seed)``; ``seed`` here seeds action-space sampling.
@@ -150,23 +155,39 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
     if mode is not None or difficulty is not None or render:
         backend = "gymnasium"  # the native vector env has no flavours and no RGB frames
         validate_flavour(game, mode, difficulty)
+    validate_groups(groups, num_envs, backend)
     if backend == "ale":
-        env = ale_py.vector_env.AtariVectorEnv(
-            game.rom, num_envs, num_threads=num_threads, autoreset_mode=AutoresetMode.SAME_STEP,
-            repeat_action_probability=sticky, full_action_space=full_action_space,
-            noop_max=30, frameskip=4, maxpool=True, stack_num=1 if life_loss_restart else FRAME_STACK,
-            img_height=84, img_width=84, grayscale=True, use_fire_reset=True, reward_clipping=False,
-            episodic_life=False, life_loss_info=episodic_life,  # episodic_life=True would reset the game
-            max_num_frames_per_episode=max_episode_frames)
-        env = AleEpisodeStatistics(env, frame_skip=4, max_frames=max_episode_frames)
-        if life_loss_restart:
-            env = LifeLossRestart(env, fire="FIRE" in _action_meanings(game.gymnasium_id, full_action_space))
+        fire = "FIRE" in _action_meanings(game.gymnasium_id, full_action_space)
+
+        def native(size: int, threads: int) -> VectorEnv:
+            env = ale_py.vector_env.AtariVectorEnv(
+                game.rom, size, num_threads=threads, autoreset_mode=AutoresetMode.SAME_STEP,
+                repeat_action_probability=sticky, full_action_space=full_action_space,
+                noop_max=30, frameskip=4, maxpool=True, stack_num=1 if life_loss_restart else FRAME_STACK,
+                img_height=84, img_width=84, grayscale=True, use_fire_reset=True, reward_clipping=False,
+                episodic_life=False, life_loss_info=episodic_life,  # episodic_life=True would reset the game
+                max_num_frames_per_episode=max_episode_frames)
+            env = AleEpisodeStatistics(env, frame_skip=4, max_frames=max_episode_frames)
+            return LifeLossRestart(env, fire=fire) if life_loss_restart else env
+
+        if groups == 1:
+            env = native(num_envs, num_threads)
+        else:  # the same games as one vector env of num_envs (tested): env i is seeded seed + i either way
+            env = EnvGroups([native(num_envs // groups, -(-num_threads // groups)) for _ in range(groups)])
     else:
         fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, episodic_life, render,
                                  max_episode_frames) for _ in range(num_envs)]
         env = GameEpisodeStatistics(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP))
     env.action_space.seed(seed)
     return env
+
+
+def validate_groups(groups: int, num_envs: int, backend: str) -> None:
+    """Raise a one-line error for an ``--env-groups`` that cannot split these envs."""
+    require(groups >= 1, f"--env-groups must be >= 1, got {groups}")
+    require(groups == 1 or backend == "ale", f"--env-groups {groups} needs the native Atari backend (--env-backend "
+                                             f"ale), whose games step in the background; {backend} steps them in turn")
+    require(num_envs % groups == 0, f"--env-groups {groups} does not divide --num-envs {num_envs}; choose a divisor")
 
 
 def observation_picture(observation: np.ndarray, scale: int = 2) -> np.ndarray:
@@ -260,7 +281,16 @@ class AleEpisodeStatistics(VectorWrapper):
         return obs, info
 
     def step(self, actions):
-        obs, reward, terminated, truncated, info = self.env.step(np.asarray(actions))
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions) -> None:
+        """Start stepping the games with ``actions`` in the emulator's threads and return at once."""
+        self.env.send(np.asarray(actions))
+
+    def recv(self):
+        """Wait for the step that :meth:`send` started; the same results as :meth:`step`."""
+        obs, reward, terminated, truncated, info = self.env.recv()
         self._returns += reward
         lives = info["lives"].astype(np.int64)
         frames = info["episode_frame_number"].astype(np.int64)

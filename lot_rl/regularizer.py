@@ -324,7 +324,8 @@ class ObservationCache:
         return [self._buffer[i] for i in order]
 
     def student_minibatches(self, teacher: Callable[[torch.Tensor], torch.Tensor], passes: int,
-                            minibatches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                            minibatches: int, generator: torch.Generator | None = None
+                            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The student phase's data: ``(states, teacher_logits)`` minibatches over the cached rollouts.
 
         ``passes`` passes; in each, every cached rollout (oldest first) is shuffled afresh and cut into
@@ -333,8 +334,8 @@ class ObservationCache:
         ``teacher(states) -> logits`` is called here, before the first minibatch, once per distinct cached
         rollout, in chunks of :data:`TARGET_CHUNK` states under inference mode: the teacher does not change
         during the student phase (the LoT reference re-ran it with autograd for every minibatch of every
-        pass). Targets are float32. The shuffles draw from torch's global generator as the minibatches are
-        taken.
+        pass). Targets are float32. The shuffles draw from ``generator`` (on the cache's device; default: torch's
+        global generator) as the minibatches are taken.
         """
         require(passes >= 0 and minibatches >= 1,
                 f"student_minibatches: passes must be >= 0 and minibatches >= 1, got {passes} and {minibatches}")
@@ -345,15 +346,16 @@ class ObservationCache:
                 if id(entry) not in targets:  # reference mode repeats one rollout: its targets once
                     targets[id(entry)] = torch.cat([teacher(entry[i:i + TARGET_CHUNK]).float()
                                                     for i in range(0, entry.shape[0], TARGET_CHUNK)])
-        return self._shuffled_minibatches(entries, targets, passes, minibatches)
+        return self._shuffled_minibatches(entries, targets, passes, minibatches, generator)
 
     @staticmethod
     def _shuffled_minibatches(entries: list[torch.Tensor], targets: dict[int, torch.Tensor], passes: int,
-                              minibatches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                              minibatches: int, generator: torch.Generator | None
+                              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for _ in range(passes):
             for entry in entries:
                 batch_size = -(-entry.shape[0] // minibatches)  # ceil
-                order = torch.randperm(entry.shape[0], device=entry.device)
+                order = torch.randperm(entry.shape[0], device=entry.device, generator=generator)
                 for start in range(0, entry.shape[0], batch_size):
                     rows = order[start:start + batch_size]
                     yield entry[rows], targets[id(entry)][rows]

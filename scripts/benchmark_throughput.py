@@ -7,8 +7,12 @@ Reports, for the same game and PPO hyperparameters (8 envs x 128 steps, 4 epochs
   ale-py's native vector env; with channels-last (our default); with bf16 autocast (only where the CPU
   has bf16 kernels, or with ``--force-bf16``);
 - env steps/s of SB3 PPO with the same hyperparameters (``make_atari_env`` + ``VecFrameStack``);
+- the same with ``--env-groups 2`` (the network acts for one half of the envs while the other half's games
+  run in the emulator), beside the row it changes;
 - seconds per update of LoT at the paper's settings (N 5, obs_num 10) once the student cache is full,
-  split into the teacher phase (rollout + PPO with the penalty) and the student phase;
+  split into the teacher phase (rollout + PPO with the penalty) and the student phase; then the same update
+  with ``--env-groups 2``, with ``--overlap-students`` (the student phase in a worker thread beside the next
+  rollout) and with both, each as a ratio to the sequential update;
 - one student phase on a full cache (obs_num rollouts) done our way (the teacher's targets once per update
   under inference mode, channels-last) beside the LoT reference's way (the teacher re-run with autograd for
   every student minibatch, NCHW): the same math, timed side by side;
@@ -121,12 +125,13 @@ def timed(function, record):
 
 
 def ppo_sps(env_id: str, updates: int, root: Path, precision: str, channels_last: bool, backend: str,
-            device: str = "cpu") -> dict[str, float]:
+            device: str = "cpu", env_groups: int = 1) -> dict[str, float]:
     """Teacher-only PPO: env steps/s between the first and the last update, and the share of the whole run's
     time spent stepping the envs."""
     args = Args(env_id=env_id, total_timesteps=1024 * (updates + 1), alpha=0.0, num_students=0,
                 student_steps_ratio=0, lr_schedule="linear", run_dir=str(root), save_every=10**6, run_name="ppo",
-                precision=precision, channels_last=channels_last, env_backend=backend, device=device)
+                precision=precision, channels_last=channels_last, env_backend=backend, device=device,
+                env_groups=env_groups)
     start = time.perf_counter()
     with EnvTimer() as env_timer:
         rows = update_rows(train(args))
@@ -165,11 +170,14 @@ class StudentPhaseTimer:
         return False
 
 
-def lot_update(env_id: str, obs_num: int, root: Path, precision: str, device: str = "cpu") -> dict[str, float]:
-    """LoT at the paper's settings, our defaults: the update once the cache is full, split in two phases, and
-    the share of the whole run's time spent stepping the envs."""
+def lot_update(env_id: str, obs_num: int, root: Path, precision: str, device: str = "cpu", env_groups: int = 1,
+               overlap_students: bool = False) -> dict[str, float]:
+    """LoT at the paper's settings, our defaults: the update once the cache is full, split in two phases (the
+    split means something only when the student phase does not overlap the rollout), and the share of the
+    whole run's time spent stepping the envs."""
     args = Args(env_id=env_id, total_timesteps=1024 * (obs_num + 1), obs_num=obs_num, student_steps_ratio=5,
-                run_dir=str(root), save_every=10**6, run_name="lot", precision=precision, device=device)
+                run_dir=str(root), save_every=10**6, run_name="lot", precision=precision, device=device,
+                env_groups=env_groups, overlap_students=overlap_students)
     start = time.perf_counter()
     with StudentPhaseTimer() as timer, EnvTimer() as env_timer:
         train(args)
@@ -314,6 +322,8 @@ def measure(spec: dict) -> dict:
 
 def _measure(spec: dict) -> dict:
     kind = spec["kind"]
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])  # every kind of run keeps the threads it finds (lot-rl's --threads 0)
     if kind == "sb3":
         return {"sps": sb3_sps(spec["env_id"], spec["updates"])}
     if kind == "floor":
@@ -327,8 +337,9 @@ def _measure(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "ppo":
             return ppo_sps(spec["env_id"], spec["updates"], Path(tmp), spec["precision"], spec["channels_last"],
-                           spec["backend"], spec.get("device", "cpu"))
-        return lot_update(spec["env_id"], spec["obs_num"], Path(tmp), spec["precision"], spec.get("device", "cpu"))
+                           spec["backend"], spec.get("device", "cpu"), spec.get("env_groups", 1))
+        return lot_update(spec["env_id"], spec["obs_num"], Path(tmp), spec["precision"], spec.get("device", "cpu"),
+                          spec.get("env_groups", 1), spec.get("overlap_students", False))
 
 
 def measure_in_child(spec: dict, keep_memory: bool = True) -> dict:
@@ -351,6 +362,9 @@ def main() -> None:
                         help="gpu: the CUDA rows (only where CUDA is available)")
     parser.add_argument("--force-bf16", action="store_true",
                         help="also run bf16 on a CPU without bf16 kernels (emulated: very slow)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of every measured run (0: torch's default, one per core); 1 on a busy "
+                             "machine, where idle threads spinning for cores others hold slow each step down")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--measure", default=None, help=argparse.SUPPRESS)  # internal: one child measurement
     opts = parser.parse_args()
@@ -365,13 +379,13 @@ def main() -> None:
     precisions = ["fp32"] + (["bf16"] if bf16 else [])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{opts.env_id}; {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"bf16 kernels: {cpu_has_bf16_kernels()}; CUDA: "
+          f"{opts.threads or torch.get_num_threads()} threads, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, bf16 kernels: {cpu_has_bf16_kernels()}; CUDA: "
           f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; load average at start "
           f"{load:.2f}; {updates} measured updates; LoT cache {obs_num} rollouts\n", flush=True)
 
     results: dict[str, float] = {}
-    common = {"env_id": opts.env_id, "updates": updates, "obs_num": obs_num}
+    common = {"env_id": opts.env_id, "updates": updates, "obs_num": obs_num, "threads": opts.threads}
     before = "before issue 15 (default Adam, fp32 frames, autocast casting the teacher's weights every forward)"
 
     def row(name: str, value: float, unit: str, *ratios: str) -> None:
@@ -387,21 +401,27 @@ def main() -> None:
         row("SB3 PPO, same hyperparameters, fp32", results["sb3_sps"], "steps/s", "1.00x SB3")
     if "ppo" in opts.parts:
         # CleanRL's configuration first: gymnasium wrappers in a SyncVectorEnv, NCHW, fp32, default allocator;
-        # then each of our configurations, those issue 15 changed (channels-last) before and after it
-        configs = [("fp32", False, "gymnasium", False, False), ("fp32", False, "ale", True, False)]
-        configs += [(p, True, "ale", True, legacy) for p in precisions for legacy in (True, False)]
-        for precision, channels_last, backend, keep_memory, legacy in configs:
-            key = (f"ppo_{precision}_{'cl' if channels_last else 'nchw'}_{backend}{'_before' if legacy else ''}_sps")
+        # then each of our configurations, those issue 15 changed (channels-last) before and after it, and
+        # --env-groups 2 right after the row it is compared with
+        configs = [("fp32", False, "gymnasium", False, False, 1), ("fp32", False, "ale", True, False, 1)]
+        configs += [(p, True, "ale", True, legacy, groups) for p in precisions
+                    for legacy, groups in ((True, 1), (False, 1), (False, 2))]
+        for precision, channels_last, backend, keep_memory, legacy, groups in configs:
+            key = (f"ppo_{precision}_{'cl' if channels_last else 'nchw'}_{backend}{'_before' if legacy else ''}"
+                   f"{'_groups2' * (groups == 2)}_sps")
             spec = {**common, "kind": "ppo", "precision": precision, "channels_last": channels_last,
-                    "backend": backend, "legacy": legacy}
+                    "backend": backend, "legacy": legacy, "env_groups": groups}
             figures = measure_in_child(spec, keep_memory)
             results[key], results[key.replace("_sps", "_env_fraction")] = figures["sps"], figures["env_fraction"]
             ratios = [f"{results[key] / results['ppo_fp32_nchw_gymnasium_sps']:.2f}x CleanRL's configuration"]
             ratios += [f"{results[key] / results['sb3_sps']:.2f}x SB3"] if "sb3_sps" in results else []
+            if groups == 2:
+                ratios.append(f"{results[key] / results[key.replace('_groups2', '')]:.2f}x one env group")
             ratios += [env_share(figures)]
             name = (f"lot_rl PPO {precision}, {'channels-last' if channels_last else 'NCHW'}, "
                     + ("gymnasium wrappers, default allocator (CleanRL's configuration)" if backend == "gymnasium"
-                       else "native ALE") + (f", {before}" if legacy else ""))
+                       else "native ALE") + (f", {before}" if legacy else "")
+                    + (", --env-groups 2" if groups == 2 else ""))
             row(name, results[key], "steps/s", *ratios)
     if "lot" in opts.parts:
         row("LoT reference, paper settings (notes; AVX-512 machine)", REFERENCE_LOT_SECONDS, "s/update",
@@ -413,9 +433,22 @@ def main() -> None:
             results.update({f"lot_{precision}{suffix}_{part}_s": value for part, value in lot.items()
                             if part != "env_fraction"})
             row(f"lot_rl LoT {precision}, N 5, obs_num {obs_num}, once the cache is full: teacher phase "
-                f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s" + (f", {before}" if legacy else ""),
+                f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s ({1024 / lot['total']:.0f} env "
+                f"steps/s)" + (f", {before}" if legacy else ""),
                 lot["total"], "s/update", f"{REFERENCE_LOT_SECONDS / lot['total']:.2f}x faster than the reference's "
                 f"figure", env_share(lot))
+            if legacy:
+                continue
+            # the rollout's and the student phase's overlaps, each beside the sequential update above
+            for groups, overlap in ((2, False), (1, True), (2, True)):
+                timed = measure_in_child({**common, "kind": "lot", "precision": precision, "env_groups": groups,
+                                          "overlap_students": overlap})
+                key = f"lot_{precision}{'_groups2' * (groups == 2)}{'_overlap' * overlap}"
+                results[f"{key}_total_s"] = timed["total"]
+                what = " and ".join(["--env-groups 2"] * (groups == 2) + ["--overlap-students"] * overlap)
+                row(f"lot_rl LoT {precision}, same settings, {what} ({1024 / timed['total']:.0f} env steps/s; "
+                    f"student phase {timed['student']:.1f} s{', beside the rollout' if overlap else ''})",
+                    timed["total"], "s/update", f"{lot['total'] / timed['total']:.2f}x the sequential update")
     if "phase" in opts.parts:
         for precision in precisions:
             reference = measure_in_child({**common, "kind": "phase", "precision": precision,

@@ -685,3 +685,79 @@ def test_lot_run_with_batched_students_on_each_device(tiny_args, device):
     assert not torch.equal(first, second)
     resumed = lot.train(tiny_args(**{**vars(args), "batch_students": "off"}), resume=run_dir)
     assert load_checkpoint(resumed, kind=lot.CHECKPOINT_KIND)["update"] == 3
+
+
+def _fixed_policy(monkeypatch):
+    """The teacher's actions follow from the frames alone (not from its weights or torch's generator): runs whose
+    batches are cut differently then play the very same games."""
+    original = lot.Agent.get_action_and_value
+
+    def act(self, x, action=None):
+        if action is None:  # FIRE when nothing moves (a ball to launch), else what the frames' sum says
+            frames = x.reshape(len(x), 4, -1).long()
+            still = (frames[:, 0] == frames[:, -1]).all(1)
+            action = torch.where(still, 1, frames.sum((1, 2)) % 4)
+        return original(self, x, action)
+
+    monkeypatch.setattr(lot.Agent, "get_action_and_value", act)
+
+
+def _gae_inputs(monkeypatch) -> list[dict]:
+    seen = []
+    original = lot.compute_gae
+
+    def recording(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
+        seen.append({name: t.clone() for name, t in dict(rewards=rewards, values=values, dones=dones,
+                                                          next_value=next_value, next_done=next_done).items()})
+        return original(rewards, values, dones, next_value, next_done, gamma, gae_lambda)
+
+    monkeypatch.setattr(lot, "compute_gae", recording)
+    return seen
+
+
+def test_env_groups_give_the_same_data_and_episode_statistics(tiny_args, monkeypatch):
+    """--env-groups 2 on a fixed policy: the games, their logged returns and lengths, and every input of GAE are
+    those of the one-group rollout (values to float tolerance: the network's batch is cut in two)."""
+    _fixed_policy(monkeypatch)
+    gae = _gae_inputs(monkeypatch)
+    settings = dict(num_envs=4, num_steps=64, total_timesteps=4 * 64 * 4, alpha=0.0, num_students=0, save_every=100,
+                    threads=1, update_epochs=1)
+    runs = [lot.train(tiny_args(run_name=f"groups{groups}", env_groups=groups, **settings)) for groups in (1, 2)]
+    games = [[(r["step"], r["charts/episodic_return"], r["charts/episodic_length"])
+              for r in read_metrics(run) if "charts/episodic_return" in r] for run in runs]
+    assert len(games[0]) >= 2 and games[0] == games[1]
+    one, two = gae[:4], gae[4:]
+    assert len(two) == 4
+    for a, b in zip(one, two):
+        assert a["rewards"].shape == b["rewards"].shape == (64, 4)
+        for name in ("rewards", "dones", "next_done"):
+            assert torch.equal(a[name], b[name]), name
+        assert bool(a["dones"].any())  # lives were lost inside the rollouts
+        for name in ("values", "next_value"):
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5)
+
+
+def test_overlapped_students_train_as_the_sequential_order(tiny_args, monkeypatch):
+    """--overlap-students: the student phase runs in a worker thread beside the next rollout, and the run ends
+    with the parameters, optimizer states, cache and logged student losses of the sequential order, bit for bit."""
+    import threading
+
+    threads = []
+    original = lot.student_phase
+
+    def recording(*a, **k):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return original(*a, **k)
+
+    monkeypatch.setattr(lot, "student_phase", recording)
+    settings = dict(total_timesteps=4 * 64, num_students=2, student_steps_ratio=2, threads=1, save_every=3)
+    runs = [lot.train(tiny_args(run_name=f"overlap{flag}", overlap_students=flag, **settings)) for flag in (False, True)]
+    assert threads == [True] * 4 + [False] * 4
+    (ckpt_a, a), (ckpt_b, b) = _params(runs[0]), _params(runs[1])
+    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    for x, y in zip(ckpt_a["students"]["optimizers"], ckpt_b["students"]["optimizers"]):
+        assert all(torch.equal(s["exp_avg"], t["exp_avg"]) for s, t in zip(x["state"].values(), y["state"].values()))
+    assert all(torch.equal(x, y) for x, y in zip(ckpt_a["cache"]["entries"], ckpt_b["cache"]["entries"]))
+    assert torch.equal(ckpt_a["student_rng"], ckpt_b["student_rng"])
+    kls = [{r["step"]: r["lot/student_kl"] for r in read_metrics(run) if "lot/student_kl" in r} for run in runs]
+    assert len(kls[0]) == 4 and kls[0] == kls[1]

@@ -239,3 +239,23 @@ def test_cache_starts_afresh_on_a_rollout_of_another_shape(mode):
     assert entries[0].shape == (6, 2) and bool((entries[0] == 7.0).all())
     cache.append(torch.full((6, 2), 8.0))
     assert [e[0, 0].item() for e in cache.entries()] == ([7.0, 8.0] if mode == "copies" else [8.0, 8.0])
+
+
+def test_student_minibatches_shuffle_with_their_own_generator():
+    """A generator of their own makes the student phase's shuffles independent of torch's global generator
+    (lot-rl train --overlap-students runs them beside the rollout's action sampling)."""
+    cache = ObservationCache(2)
+    cache.append(torch.arange(12.0).reshape(12, 1))
+    teacher = lambda states: states * 2  # noqa: E731
+
+    def rows(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return [s.flatten().tolist() for s, _ in cache.student_minibatches(teacher, 2, 3, generator)]
+
+    torch.manual_seed(0)
+    global_state = torch.get_rng_state()
+    first = rows(5)
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global generator was not drawn from
+    torch.manual_seed(1)
+    assert rows(5) == first and rows(6) != first
+    assert sorted(sum(first[:3], [])) == list(range(12))  # each pass still covers the rollout once
