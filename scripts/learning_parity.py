@@ -61,8 +61,9 @@ class ArmRow:
         values = [v for v in self.scores.values() if v is not None]
         if not values:
             return {"mean": None, "std": None, "min": None, "max": None, "games": None}
+        games = [self.games[seed] for seed, v in self.scores.items() if v is not None]
         return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "min": min(values), "max": max(values), "games": statistics.fmean(self.games.values())}
+                "min": min(values), "max": max(values), "games": statistics.fmean(games)}
 
 
 # --------------------------------------------------------------------------------------------------------

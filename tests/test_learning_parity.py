@@ -24,6 +24,9 @@ def test_table_gives_each_arm_its_seeds_mean_std_and_range(load_script):
     assert ppo["mean"] == pytest.approx(4.0) and ppo["std"] == pytest.approx(statistics.stdev([3.0, 5.0]))
     assert (ppo["min"], ppo["max"], ppo["games"]) == (3.0, 5.0, 1.5)
     assert "| ppo | 3.00 | 5.00 | 4.00 | 1.41 | 3.00-5.00 | 2 |" in table
+    unfinished = parity.Run("ppo", 3, [(500, 1.0)])  # no game in the window yet: left out, games too
+    _, rows = parity.parity_table(runs + [unfinished], parity.Window(0, 20))
+    assert rows[1].summary()["games"] == 1.5 and rows[1].summary()["mean"] == pytest.approx(4.0)
 
 
 def test_runs_are_read_from_our_folders_cleanrl_logs_and_text_files(load_script, tmp_path):
