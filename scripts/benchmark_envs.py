@@ -13,32 +13,14 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
-import numpy as np
-
-from lot_rl.envs import make_env
+from benchmark_minatar import env_steps_per_second  # scripts/ is on the path of a script run from it
 
 CONFIGS = {  # name -> make_env options
-    "native (ale-py's own life losses)": dict(backend="ale", life_loss_restart=False),
-    "native + life-loss restart (default)": dict(backend="ale", life_loss_restart=True),
+    "native (the default: ale-py's own life losses)": dict(backend="ale", life_loss_restart=False),
+    "native + --life-loss-restart": dict(backend="ale", life_loss_restart=True),
     "gymnasium (CleanRL's wrappers)": dict(backend="gymnasium"),
 }
-
-
-def steps_per_second(env_id: str, num_envs: int, steps: int, options: dict) -> float:
-    env = make_env(env_id, num_envs, seed=1, **options)
-    env.reset(seed=1)
-    rng = np.random.default_rng(0)
-    actions = rng.integers(0, env.single_action_space.n, (steps, num_envs))
-    for a in actions[:50]:  # warm-up
-        env.step(a)
-    start = time.perf_counter()
-    for a in actions:
-        env.step(a)
-    elapsed = time.perf_counter() - start
-    env.close()
-    return steps * num_envs / elapsed
 
 
 def cpu_name() -> str:
@@ -61,7 +43,8 @@ def main() -> None:
     figures: dict[str, list[float]] = {name: [] for name in CONFIGS}
     for _ in range(args.rounds):
         for name, options in CONFIGS.items():
-            figures[name].append(steps_per_second(args.env_id, args.num_envs, args.steps, options))
+            figures[name].append(env_steps_per_second(args.env_id, args.num_envs, args.steps, seed=1, warmup=50,
+                                                      **options))
     print(f"{args.env_id}, {args.num_envs} envs, random actions, {cpu_name()}; "
           f"median of {args.rounds} interleaved rounds of {args.steps} vector steps")
     base = statistics.median(figures[next(iter(CONFIGS))])

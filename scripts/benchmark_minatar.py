@@ -43,11 +43,15 @@ from lot_rl.runtime import cpu_has_bf16_kernels
 from benchmark_throughput import StudentPhaseTimer  # scripts/ is on the path of a script run from it
 
 
-def env_steps_per_second(env_id: str, num_envs: int = 64, steps: int = 2000, seed: int = 0) -> float:
-    """The vector env alone: random actions, no network."""
-    env = make_env(env_id, num_envs, seed)
+def env_steps_per_second(env_id: str, num_envs: int = 64, steps: int = 2000, seed: int = 0, warmup: int = 0,
+                         **env_options) -> float:
+    """The vector env alone: random actions, no network (``env_options``: more ``make_env`` options; ``warmup``
+    untimed steps first)."""
+    env = make_env(env_id, num_envs, seed, **env_options)
     env.reset(seed=seed)
     actions = np.random.default_rng(seed).integers(0, env.single_action_space.n, (steps, num_envs))
+    for batch in actions[:warmup]:
+        env.step(batch)
     start = time.perf_counter()
     for batch in actions:
         env.step(batch)
