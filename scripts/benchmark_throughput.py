@@ -16,6 +16,8 @@ Reports, for the same game and PPO hyperparameters (8 envs x 128 steps, 4 epochs
 - one student phase on a full cache (obs_num rollouts) done our way (the teacher's targets once per update
   under inference mode, channels-last) beside the LoT reference's way (the teacher re-run with autograd for
   every student minibatch, NCHW): the same math, timed side by side;
+- the same LoT update run by ``lot-rl train --preset paper`` (the command in its own process) beside it: what
+  the command adds per update;
 - issue 15's changes side by side with the code before them (``before_issue_15``: default Adam instead of the
   fused one, frames scaled in fp32, the teacher acting with fp32 weights under autocast) in the PPO, LoT and
   student-phase rows;
@@ -187,6 +189,18 @@ def lot_update(env_id: str, obs_num: int, root: Path, precision: str, device: st
     return {"total": total, "student": timer.seconds, "teacher": total - timer.seconds, "env_fraction": env_fraction}
 
 
+def command_update(env_id: str, obs_num: int, root: Path, precision: str, threads: int) -> dict[str, float]:
+    """The same LoT update run by the command a user types (``lot-rl train --preset paper``, its own process,
+    with its logging, progress bar and default checkpoint schedule), read from its metrics as ``lot_update``'s
+    figure is: what the command adds to ``train`` per update."""
+    command = [sys.executable, "-m", "lot_rl", "train", "--preset", "paper", "--env-id", env_id,
+               "--total-timesteps", str(1024 * (obs_num + 1)), "--obs-num", str(obs_num), "--precision", precision,
+               "--threads", str(threads), "--run-dir", str(root), "--run-name", "command", "--device", "cpu"]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    rows = update_rows(root / "command")
+    return {"total": rows[-1]["time"] - rows[-2]["time"]}
+
+
 def student_step_seconds(num_students: int, precision: str, batched: bool, device: str = "cpu",
                          repeats: int = 5) -> float:
     """One imitation step of K students (the student phase's unit of work: 256 frames, Nature CNN,
@@ -335,6 +349,8 @@ def _measure(spec: dict) -> dict:
         return {"seconds": student_step_seconds(spec["num_students"], spec["precision"], spec["batched"],
                                                 spec.get("device", "cpu"))}
     with tempfile.TemporaryDirectory() as tmp:
+        if kind == "command":
+            return command_update(spec["env_id"], spec["obs_num"], Path(tmp), spec["precision"], spec["threads"])
         if kind == "ppo":
             return ppo_sps(spec["env_id"], spec["updates"], Path(tmp), spec["precision"], spec["channels_last"],
                            spec["backend"], spec.get("device", "cpu"), spec.get("env_groups", 1))
@@ -439,6 +455,12 @@ def main() -> None:
                 f"figure", env_share(lot))
             if legacy:
                 continue
+            # the command a user types, same settings: what it adds to ``train`` per update
+            command = measure_in_child({**common, "kind": "command", "precision": precision})
+            results[f"lot_{precision}_command_total_s"] = command["total"]
+            row(f"`lot-rl train --preset paper --precision {precision}`, same settings (the command: logging, "
+                f"progress bar, checkpoints)", command["total"], "s/update",
+                f"{command['total'] / lot['total']:.2f}x the update above")
             # the rollout's and the student phase's overlaps, each beside the sequential update above
             for groups, overlap in ((2, False), (1, True), (2, True)):
                 timed = measure_in_child({**common, "kind": "lot", "precision": precision, "env_groups": groups,
