@@ -216,3 +216,27 @@ def test_life_loss_restart_stacks_frames_as_the_native_env_between_life_losses()
             compared += 1
     assert compared >= 10
     ours.close(), native.close()
+
+
+def test_native_envs_stepped_together_are_each_env_alone():
+    """Issue 18: env i of the native vector env (seeded seed + i) gives, under its own actions, the frames,
+    rewards and terminations of that env built alone with seed + i: stepping the envs in C++ threads neither
+    mixes their games nor reorders their results."""
+    steps, num_envs = 300, 4
+    actions = np.random.default_rng(0).integers(0, 4, (steps, num_envs))
+    together = make_atari_env("BreakoutNoFrameskip-v4", num_envs, 1)
+    frames, _ = together.reset(seed=1)
+    seen = [(frames.copy(), None, None)]
+    for t in range(steps):
+        obs, reward, terminated, _, _ = together.step(actions[t])
+        seen.append((obs.copy(), reward.copy(), terminated.copy()))
+    together.close()
+    for i in range(num_envs):
+        alone = make_atari_env("BreakoutNoFrameskip-v4", 1, 1 + i)
+        obs, _ = alone.reset(seed=1 + i)
+        np.testing.assert_array_equal(obs[0], seen[0][0][i])
+        for t in range(steps):
+            obs, reward, terminated, _, _ = alone.step(actions[t, i:i + 1])
+            np.testing.assert_array_equal(obs[0], seen[t + 1][0][i], err_msg=f"env {i}, step {t}")
+            assert reward[0] == seen[t + 1][1][i] and terminated[0] == seen[t + 1][2][i]
+        alone.close()

@@ -186,6 +186,17 @@ REFERENCE_RUN = dict(total_timesteps=20_000_000, num_envs=8, num_steps=128, num_
                      precision="fp32", channels_last=False, max_episode_frames=400_000, target_kl=None)
 
 
+def test_ppo_preset_is_cleanrls_ppo_on_cleanrls_environment_in_channels_last():
+    """Issue 18: ``--preset ppo`` trains on CleanRL's wrappers (on Breakout the native env learned half the
+    return at 300k steps over 5 seeds, docs/learning_parity.md); it differs from ``--preset cleanrl`` only in the
+    channels-last layout, and ``--env-backend ale`` on the command line still gives the native env."""
+    ppo, cleanrl = (cfg_lib.resolve(lot.Args, {}, lot.PRESETS, name) for name in ("ppo", "cleanrl"))
+    assert ppo.env_backend == "gymnasium"
+    differing = {k for k in vars(ppo) if getattr(ppo, k) != getattr(cleanrl, k)}
+    assert differing == {"channels_last"} and ppo.channels_last and not cleanrl.channels_last
+    assert cfg_lib.resolve(lot.Args, {"env_backend": "ale"}, lot.PRESETS, "ppo").env_backend == "ale"
+
+
 def test_reference_preset_is_the_reference_run(tmp_path):
     """Issue 12: ``--preset reference`` holds every setting of the reference's run, and a run of it shows the
     reference's behaviour: alpha 0 in the first update then 0.5, and a cache whose every entry is the latest
@@ -608,7 +619,7 @@ def test_training_leaves_the_forced_steps_of_each_restarted_life_out_of_the_loss
 
     monkeypatch.setattr(lot, "make_env", recording_make_env)
     tiny = dict(total_timesteps=256, num_envs=2, num_steps=128, num_minibatches=1, update_epochs=1,
-                run_dir=str(tmp_path), threads=1, life_loss_restart=True)
+                run_dir=str(tmp_path), threads=1, life_loss_restart=True, env_backend="ale")
     lot.train(cfg_lib.resolve(lot.Args, tiny, lot.PRESETS, "ppo"))
     terminated = np.stack([t for t, _ in forced_seen])  # (steps, envs)
     forced = np.stack([f for _, f in forced_seen])
