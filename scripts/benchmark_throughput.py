@@ -4,8 +4,8 @@ Reports, for the same game and PPO hyperparameters (8 envs x 128 steps, 4 epochs
 
 - env steps/s of our teacher-only PPO: in CleanRL's configuration (gymnasium wrappers in a SyncVectorEnv,
   NCHW, fp32: the same computation as CleanRL's ``ppo_atari.py``, a same-machine stand-in for it); with
-  ale-py's native vector env; with channels-last (our default); with bf16 autocast (only where the CPU
-  has bf16 kernels, or with ``--force-bf16``);
+  channels-last (our default) on the same wrappers (our default env); with ale-py's native vector env; with
+  bf16 autocast (only where the CPU has bf16 kernels, or with ``--force-bf16``);
 - env steps/s of SB3 PPO with the same hyperparameters (``make_atari_env`` + ``VecFrameStack``);
 - the same with ``--env-groups 2`` (the network acts for one half of the envs while the other half's games
   run in the emulator), beside the row it changes;
@@ -89,7 +89,10 @@ def before_issue_15():
 
 
 class EnvTimer:
-    """Adds up the seconds spent in ``envs.step`` (the emulator, and the wrappers) during one run."""
+    """Adds up the seconds the training loop waits for the envs during one run: in ``envs.step`` (the emulator,
+    and the wrappers), and with ``--env-groups`` in ``send`` and ``recv`` (a group's games run in the background
+    between the two, so only the wait in ``recv`` for a group not yet done is counted: the env time the
+    overlap did not hide)."""
 
     def __enter__(self):
         self._original = agent_module.make_env
@@ -97,7 +100,9 @@ class EnvTimer:
 
         def make_timed_env(*a, **k):
             envs = self._original(*a, **k)
-            envs.step = timed(envs.step, self._add)
+            for method in ("step", "send", "recv"):
+                if hasattr(envs, method):
+                    setattr(envs, method, timed(getattr(envs, method), self._add))
             return envs
 
         agent_module.make_env = make_timed_env
@@ -179,7 +184,7 @@ def lot_update(env_id: str, obs_num: int, root: Path, precision: str, device: st
     whole run's time spent stepping the envs."""
     args = Args(env_id=env_id, total_timesteps=1024 * (obs_num + 1), obs_num=obs_num, student_steps_ratio=5,
                 run_dir=str(root), save_every=10**6, run_name="lot", precision=precision, device=device,
-                env_groups=env_groups, overlap_students=overlap_students)
+                env_groups=env_groups, overlap_students=overlap_students, env_backend="ale")
     start = time.perf_counter()
     with StudentPhaseTimer() as timer, EnvTimer() as env_timer:
         train(args)
@@ -195,7 +200,8 @@ def command_update(env_id: str, obs_num: int, root: Path, precision: str, thread
     figure is: what the command adds to ``train`` per update."""
     command = [sys.executable, "-m", "lot_rl", "train", "--preset", "paper", "--env-id", env_id,
                "--total-timesteps", str(1024 * (obs_num + 1)), "--obs-num", str(obs_num), "--precision", precision,
-               "--threads", str(threads), "--run-dir", str(root), "--run-name", "command", "--device", "cpu"]
+               "--threads", str(threads), "--run-dir", str(root), "--run-name", "command", "--device", "cpu",
+               "--env-backend", "ale"]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     rows = update_rows(root / "command")
     return {"total": rows[-1]["time"] - rows[-2]["time"]}
@@ -420,8 +426,9 @@ def main() -> None:
         # then each of our configurations, those issue 15 changed (channels-last) before and after it, and
         # --env-groups 2 right after the row it is compared with
         configs = [("fp32", False, "gymnasium", False, False, 1), ("fp32", False, "ale", True, False, 1)]
-        configs += [(p, True, "ale", True, legacy, groups) for p in precisions
-                    for legacy, groups in ((True, 1), (False, 1), (False, 2))]
+        configs += [(p, True, backend, True, legacy, groups) for p in precisions
+                    for backend, legacy, groups in (("gymnasium", False, 1), ("ale", True, 1), ("ale", False, 1),
+                                                    ("ale", False, 2))]
         for precision, channels_last, backend, keep_memory, legacy, groups in configs:
             key = (f"ppo_{precision}_{'cl' if channels_last else 'nchw'}_{backend}{'_before' if legacy else ''}"
                    f"{'_groups2' * (groups == 2)}_sps")
@@ -434,10 +441,12 @@ def main() -> None:
             if groups == 2:
                 ratios.append(f"{results[key] / results[key.replace('_groups2', '')]:.2f}x one env group")
             ratios += [env_share(figures)]
-            name = (f"lot_rl PPO {precision}, {'channels-last' if channels_last else 'NCHW'}, "
-                    + ("gymnasium wrappers, default allocator (CleanRL's configuration)" if backend == "gymnasium"
-                       else "native ALE") + (f", {before}" if legacy else "")
-                    + (", --env-groups 2" if groups == 2 else ""))
+            env_name = {"ale": "native ALE", "gymnasium": "gymnasium wrappers"}[backend]
+            if backend == "gymnasium":
+                env_name += (" (the default env), our defaults" if channels_last
+                             else ", default allocator (CleanRL's configuration)")
+            name = (f"lot_rl PPO {precision}, {'channels-last' if channels_last else 'NCHW'}, {env_name}"
+                    + (f", {before}" if legacy else "") + (", --env-groups 2" if groups == 2 else ""))
             row(name, results[key], "steps/s", *ratios)
     if "lot" in opts.parts:
         row("LoT reference, paper settings (notes; AVX-512 machine)", REFERENCE_LOT_SECONDS, "s/update",
@@ -448,11 +457,11 @@ def main() -> None:
             suffix = "_before" if legacy else ""
             results.update({f"lot_{precision}{suffix}_{part}_s": value for part, value in lot.items()
                             if part != "env_fraction"})
-            row(f"lot_rl LoT {precision}, N 5, obs_num {obs_num}, once the cache is full: teacher phase "
+            row(f"lot_rl LoT {precision}, native ALE, N 5, obs_num {obs_num}, once the cache is full: teacher phase "
                 f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s ({1024 / lot['total']:.0f} env "
                 f"steps/s)" + (f", {before}" if legacy else ""),
-                lot["total"], "s/update", f"{REFERENCE_LOT_SECONDS / lot['total']:.2f}x faster than the reference's "
-                f"figure", env_share(lot))
+                lot["total"], "s/update", f"{REFERENCE_LOT_SECONDS / lot['total']:.2f}x the reference's "
+                f"speed (its figure)", env_share(lot))
             if legacy:
                 continue
             # the command a user types, same settings: what it adds to ``train`` per update
@@ -483,7 +492,7 @@ def main() -> None:
                                          "channels_last": True, "legacy": legacy})["seconds"]
                 results[f"phase_{precision}_ours{'_before' if legacy else ''}_s"] = ours
                 row(f"student phase ({precision}, same cache), ours: teacher targets once, channels-last"
-                    + (f", {before}" if legacy else ""), ours, "s", f"{reference / ours:.2f}x faster")
+                    + (f", {before}" if legacy else ""), ours, "s", f"{reference / ours:.2f}x the reference's speed")
     devices = ["cpu"] + (["cuda"] if "gpu" in opts.parts and torch.cuda.is_available() else [])
     if "students" in opts.parts:
         for device in devices:
@@ -509,8 +518,8 @@ def main() -> None:
                   if "ppo_fp32_cl_ale_sps" in results else []), env_share(figures))
             lot = measure_in_child({**common, "kind": "lot", "precision": precision, "device": "cuda"})
             results[f"gpu_lot_{precision}_total_s"] = lot["total"]
-            row(f"GPU: lot_rl LoT {precision}, N 5, obs_num {obs_num}: teacher phase {lot['teacher']:.1f} s + "
-                f"student phase {lot['student']:.1f} s", lot["total"], "s/update",
+            row(f"GPU: lot_rl LoT {precision}, native ALE, N 5, obs_num {obs_num}: teacher phase "
+                f"{lot['teacher']:.1f} s + student phase {lot['student']:.1f} s", lot["total"], "s/update",
                 f"{1024 / lot['total']:,.0f} env steps/s", env_share(lot))
     if "floor" in opts.parts:
         for precision in precisions:
