@@ -24,7 +24,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +76,10 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
     # --- environment
     env_id: str = cfg_lib.option("BreakoutNoFrameskip-v4", "Atari id (BreakoutNoFrameskip-v4 or ALE/Breakout-v5) "
                                  "or MinAtar id (MinAtar/Breakout-v1; pip install -e \".[minatar]\")")
-    env_backend: str | None = cfg_lib.option(None, "Atari only: ale (the default): native vector env (fast); "
-                                             "gymnasium: wrappers (parity, exact resume)", choices=BACKENDS)
+    env_backend: str | None = cfg_lib.option(None, "Atari only: gymnasium (the default): CleanRL's wrappers "
+                                             "(learns as CleanRL's PPO, exact resume); ale: ale-py's native vector "
+                                             "env (faster env, learned slower on Breakout: docs/learning_parity.md)",
+                                             choices=BACKENDS)
     num_envs: int = cfg_lib.option(8, "number of parallel environments (per process under torchrun / --nproc: "
                                    "the batch is processes x envs x steps)")
     repeat_action_probability: float | None = cfg_lib.option(
@@ -178,7 +180,8 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
 
 PRESETS: dict[str, dict[str, Any]] = {
     # LoT as the paper states it (the defaults above): its run script's settings, a cache of the last obs_num
-    # *distinct* rollouts, and our fast native env. See docs/reference.md for how it differs from `reference`.
+    # *distinct* rollouts, CleanRL's wrappers (the default env since issue 18) and our channels-last layout.
+    # See docs/reference.md for how it differs from `reference`.
     "paper": dict(total_timesteps=20_000_000, lr_schedule="cosine", final_lr=2.5e-6, alpha=0.5,
                   num_students=1, student_steps_ratio=5, obs_num=10, temperature=1.0, student_weight_decay=1e-4),
     # LoT as the reference code ran it (trainer/atari_games.py and its run script): the paper's settings plus
@@ -189,9 +192,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                       student_weight_decay=1e-4, cache_mode="reference", env_backend="gymnasium", seed=0,
                       channels_last=False, max_episode_frames=400_000),
     # CleanRL's ppo_atari.py settings, teacher only (linear annealing to 0, 10M steps), on CleanRL's environment
-    # (its wrappers) and our channels-last layout. CleanRL's environment and not the faster native one: on
-    # Breakout it learned 1.9x the return at 300k steps over 5 seeds for ~0.9x the env steps/s end to end on a
-    # CPU (docs/learning_parity.md); `--env-backend ale` gives the native env back.
+    # (its wrappers, the default env: named here as the preset is about it) and our channels-last layout. Not the
+    # faster native env: on Breakout PPO learned 1.9x the return at 300k steps on the wrappers over 5 seeds for
+    # ~0.9x the env steps/s end to end on a CPU (docs/learning_parity.md); `--env-backend ale` gives it back.
     "ppo": dict(total_timesteps=10_000_000, lr_schedule="linear", alpha=0.0, num_students=0,
                 student_steps_ratio=0, env_backend="gymnasium"),
     # CleanRL's ppo_atari.py exactly: `ppo` with CleanRL's wrappers and NCHW. Same environment step for step,
@@ -544,6 +547,10 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 f"checkpoint {checkpoint['path']} is from {saved['env_id']}, not {args.env_id}")
         cfg_lib.require_unchanged_on_resume(args, saved, FIXED_ON_RESUME)
         distributed.require_same_world_size(checkpoint)
+        if game.family == "atari" and saved.get("env_backend") is None and args.env_backend is None:
+            args = replace(args, env_backend="ale")  # saved before issue 18 moved the default: keep its env
+    if game.family == "atari" and args.env_backend is None:
+        args = replace(args, env_backend="gymnasium")  # the config saved with the run names its env
 
     # Seeding (CleanRL); under torchrun each process's envs and RNGs start from its own seed
     seed = distributed.rank_seed(args.seed, stride=args.num_envs)

@@ -67,20 +67,20 @@ def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = 
         max_episode_frames: cut games after this many frames (None: 108,000 on Atari, no limit on MinAtar).
         groups: Atari's native backend only: the envs in that many groups whose games run while the network
             acts for another (:mod:`lot_rl.envs.groups`).
-        life_loss_restart: Atari, native backend: restart each life as CleanRL's wrappers do
-            (:class:`lot_rl.envs.atari.LifeLossRestart`); MinAtar games have one life, so it changes nothing there.
+        life_loss_restart: Atari: restart each life as CleanRL's wrappers do, also when playing full games (see
+            :func:`lot_rl.envs.atari.make_atari_env`); MinAtar games have one life, so it changes nothing there.
         video_frames: keep the games' pictures for :func:`video_frame` without changing the backend (``render``
             moves Atari to the gymnasium backend): the gymnasium backend then keeps its RGB screens; the native
             Atari backend has none, and MinAtar always draws its own.
     """
     if not is_minatar_id(env_id):
-        backend = backend or "ale"
+        backend = backend or "gymnasium"  # CleanRL's wrappers (issue 18: docs/learning_parity.md)
         return atari.make_atari_env(
             env_id, num_envs, seed, backend=backend, episodic_life=training,
             repeat_action_probability=repeat_action_probability, full_action_space=full_action_space, mode=mode,
             difficulty=difficulty, render=render or (video_frames and backend == "gymnasium"), num_threads=num_threads,
             max_episode_frames=max_episode_frames or atari.MAX_EPISODE_FRAMES, groups=groups,
-            life_loss_restart=life_loss_restart and backend == "ale")
+            life_loss_restart=life_loss_restart)
     game = minatar.parse_env_id(env_id)
     game.choose_backend(backend)
     game.validate_flavour(mode, difficulty)

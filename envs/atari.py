@@ -16,23 +16,25 @@ observation is already the first one of the next episode, as PPO's rollout expec
 
 Two backends build the same pipeline:
 
-- ``"ale"`` (default, fast): ale-py's native C++ ``AtariVectorEnv`` stepping all envs in threads. On its
-  own it differs from CleanRL after a life loss: it reports the termination and the game runs on, with no
-  hidden steps; the frame stack keeps the frames around the life loss, and in games that wait for FIRE
-  (Breakout) the ball stays put until the agent presses it. CleanRL's EpisodicLifeEnv + FireResetEnv instead
-  take NOOP, FIRE and action 2 inside the reset (12 emulator frames the agent never sees) and restart the
-  stack with four copies of the frame after them.
+- ``"gymnasium"`` (default): ``gymnasium.make`` plus SB3's Atari wrappers in CleanRL's order, frames turned gray
+  as CleanRL's gymnasium 0.29 did (:func:`luminance_grayscale`), in a ``SyncVectorEnv``: the same observations,
+  rewards and terminations as CleanRL's ``make_env`` for the same seed and actions (tested). The default since
+  issue 18: on Breakout our PPO learned about twice the return at 300k steps on it than on the native env (5
+  seeds each, docs/learning_parity.md), for about 0.9x the env steps/s end to end on a CPU. Needed for game
+  modes/difficulties and RGB rendering (videos); a resumed run continues its games exactly.
+- ``"ale"`` (fast): ale-py's native C++ ``AtariVectorEnv`` stepping all envs in threads (about 3x the wrappers'
+  env steps/s; ``groups`` overlaps its games with the network). On its own it differs from CleanRL after a life
+  loss: it reports the termination and the game runs on, with no hidden steps; the frame stack keeps the frames
+  around the life loss, and in games that wait for FIRE (Breakout) the ball stays put until the agent presses
+  it. CleanRL's EpisodicLifeEnv + FireResetEnv instead take NOOP, FIRE and action 2 inside the reset (12
+  emulator frames the agent never sees) and restart the stack with four copies of the frame after them.
   ale-py 0.12's options cannot do the same (``episodic_life=True`` restarts the whole game at every life
   loss, lives back to 5) and one env of the vector cannot be stepped alone, so ``life_loss_restart``
   (:class:`LifeLossRestart`, ``lot-rl train --life-loss-restart``) forces those actions in the env's next
-  steps, marks them for the learner to leave out of its loss, and restarts the stack. Whether that changes
-  learning is measured in issue 18 (docs/learning_parity.md): so far it does not close the gap to CleanRL.
+  steps, marks them for the learner to leave out of its loss, and restarts the stack. It did not close the
+  learning gap to the wrappers (issue 18, docs/learning_parity.md), whose cause is not found.
   Tested in ``tests/test_atari_envs.py``. Its grayscale and resize run in the other order (gray, then
   resize) than CleanRL's, so pixels differ by rounding (at most one gray level).
-- ``"gymnasium"``: ``gymnasium.make`` plus SB3's Atari wrappers in CleanRL's order, frames turned gray as
-  CleanRL's gymnasium 0.29 did (:func:`luminance_grayscale`), in a ``SyncVectorEnv``: the same
-  observations, rewards and terminations as CleanRL's ``make_env`` for the same seed and actions (tested);
-  needed for game modes/difficulties and RGB rendering (videos), and for parity runs.
 """
 
 from __future__ import annotations
@@ -92,8 +94,8 @@ class AtariGame:
         return game_flavours(self.env_id)
 
     def choose_backend(self, requested: str | None, *, render: bool = False, flavoured: bool = False) -> str:
-        """Flavours and RGB frames exist only on the gymnasium backend; otherwise the native env by default."""
-        return "gymnasium" if render or flavoured else (requested or "ale")
+        """Flavours and RGB frames exist only on the gymnasium backend, the default (CleanRL's wrappers)."""
+        return "gymnasium" if render or flavoured else (requested or "gymnasium")
 
 
 @lru_cache(maxsize=1)
@@ -126,7 +128,7 @@ def parse_env_id(env_id: str) -> AtariGame:
     return AtariGame(rom=games[name], name=name, env_id=env_id, default_sticky=sticky)
 
 
-def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: str = "ale",
+def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: str = "gymnasium",
                    episodic_life: bool = True, repeat_action_probability: float | None = None,
                    full_action_space: bool = False, mode: int | None = None, difficulty: int | None = None,
                    render: bool = False, num_threads: int = 0,
@@ -143,8 +145,10 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         groups: native backend only: the envs as that many native vector envs, one :class:`EnvGroups`, so that
             one group's games run in the emulator while the network acts for another (``interleaved_steps``).
             ``num_threads`` is then split between the groups.
-        life_loss_restart: native backend: restart each life as CleanRL's wrappers do (:class:`LifeLossRestart`);
-            the gymnasium backend always does (it is CleanRL's wrappers).
+        life_loss_restart: restart each life as CleanRL's wrappers do: on the native backend with
+            :class:`LifeLossRestart`; on the gymnasium backend with their EpisodicLifeEnv + FireResetEnv, which it
+            always has in training (``episodic_life``) and then also has playing full games (evaluating a run that
+            learned its lives that way). The true game's statistics count whole games either way.
     Reset the returned env with ``env.reset(seed=seed)``; ``seed`` here seeds action-space sampling.
     """
     game = parse_env_id(env_id)
@@ -175,8 +179,8 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         else:  # the same games as one vector env of num_envs (tested): env i is seeded seed + i either way
             env = EnvGroups([native(num_envs // groups, -(-num_threads // groups)) for _ in range(groups)])
     else:
-        fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, episodic_life, render,
-                                 max_episode_frames) for _ in range(num_envs)]
+        fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, episodic_life or life_loss_restart,
+                                 render, max_episode_frames) for _ in range(num_envs)]
         env = GameEpisodeStatistics(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP))
     env.action_space.seed(seed)
     return env

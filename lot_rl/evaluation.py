@@ -351,7 +351,8 @@ class EvalSettings:
                                      default_text=f"{MAX_EPISODE_FRAMES:,}")
     env_id: str | None = cfg_lib.option(None, "Atari id", default_text="the checkpoint's; must be the same game")
     backend: str | None = cfg_lib.option(None, "env backend", choices=BACKENDS, flags=("--backend", "--env-backend"),
-                                         default_text="ale, or gymnasium when flavours or videos need it")
+                                         default_text="the env the run trained on (gymnasium if it named none); "
+                                                      "gymnasium when flavours or videos need it")
     device: str = cfg_lib.option("auto", "torch device: auto, cpu, cuda, cuda:N")
 
 
@@ -381,10 +382,14 @@ def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict
             "seed": settings.seed, "num_envs": min(settings.num_envs, settings.episodes), "sticky": float(sticky),
             "mode": settings.mode, "difficulty": settings.difficulty, "max_frames": settings.max_frames,
             "full_action_space": bool(config.get("full_action_space", False)), "full_games": True,
-            # play lives as the policy learnt them (runs saved before the option existed had no restart)
-            "life_loss_restart": bool(config.get("life_loss_restart", False)),
+            # play lives as the policy learnt them: CleanRL's wrappers restart every life (hidden NOOP, FIRE); the
+            # native env only with --life-loss-restart. Runs that name no env trained on the native env (the
+            # default before issue 18), those saved before the option existed without the restart.
+            "life_loss_restart": (config.get("env_backend") or "ale") == "gymnasium"
+                                 or bool(config.get("life_loss_restart", False)),
             "frames_per_step": game.frames_per_step,
-            "backend": settings.backend, "device": settings.device}
+            # the env the run trained on unless told otherwise (runs that named none: the default, gymnasium)
+            "backend": settings.backend or config.get("env_backend"), "device": settings.device}
 
 
 def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, Any], video_dir: Path | None,
@@ -442,7 +447,7 @@ def evaluate(checkpoint: str | os.PathLike | dict[str, Any], policy: str | Seque
                 "--flavours all already sweeps every mode and difficulty; drop --mode/--difficulty")
         modes, difficulties = parse_env_id(resolved["env_id"]).flavours()
         grid = [(None, None)] + list(itertools.product(modes, difficulties))
-        resolved["backend"] = resolved["backend"] or "gymnasium"
+        resolved["backend"] = settings.backend or "gymnasium"  # flavours exist only there: every row on it
     else:
         grid = [(settings.mode, settings.difficulty)]
     results = [_evaluate_one(ckpt, name, {**resolved, "mode": mode, "difficulty": difficulty}, folder, video_episodes)

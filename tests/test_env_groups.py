@@ -25,7 +25,7 @@ def _record(results, log, step, envs_now):
 
 def _rollout(groups, actions):
     """Play ``actions`` (one per step and env) through interleaved_steps; every env's steps and finished games."""
-    envs = make_env("BreakoutNoFrameskip-v4", actions.shape[1], 1, num_threads=1, groups=groups)
+    envs = make_env("BreakoutNoFrameskip-v4", actions.shape[1], 1, num_threads=1, groups=groups, backend="ale")
     envs.reset(seed=7)
     log, asked = {}, []
 
@@ -55,7 +55,7 @@ def test_groups_play_the_games_of_one_vector_env():
 
 def test_interleaved_order_records_before_acting_again():
     """A group's results come back before its next action is asked for, env 0's first within a step."""
-    envs = make_env("BreakoutNoFrameskip-v4", 4, 1, num_threads=1, groups=2)
+    envs = make_env("BreakoutNoFrameskip-v4", 4, 1, num_threads=1, groups=2, backend="ale")
     envs.reset(seed=0)
     events = []
 
@@ -73,8 +73,8 @@ def test_interleaved_order_records_before_acting_again():
 
 def test_env_groups_step_and_reset_as_one_vector_env():
     actions = _fixed_actions(4, steps=60, seed=1)
-    one = make_env("BreakoutNoFrameskip-v4", 4, 1, num_threads=1)
-    two = make_env("BreakoutNoFrameskip-v4", 4, 1, num_threads=1, groups=2)
+    one = make_env("BreakoutNoFrameskip-v4", 4, 1, num_threads=1, backend="ale")
+    two = make_env("BreakoutNoFrameskip-v4", 4, 1, num_threads=1, groups=2, backend="ale")
     assert isinstance(two, EnvGroups) and two.columns == [slice(0, 2), slice(2, 4)]
     assert two.observation_space.shape == (4, 4, 84, 84) and two.single_action_space.n == 4
     obs1, info1 = one.reset(seed=3)
@@ -98,8 +98,8 @@ def test_concat_infos_fills_what_a_group_lacks():
 
 
 @pytest.mark.parametrize("env_id, kwargs, message", [
-    ("BreakoutNoFrameskip-v4", dict(groups=3), "--env-groups 3 does not divide --num-envs 4"),
-    ("BreakoutNoFrameskip-v4", dict(groups=0), "--env-groups must be >= 1, got 0"),
+    ("BreakoutNoFrameskip-v4", dict(groups=3, backend="ale"), "--env-groups 3 does not divide --num-envs 4"),
+    ("BreakoutNoFrameskip-v4", dict(groups=0, backend="ale"), "--env-groups must be >= 1, got 0"),
     ("BreakoutNoFrameskip-v4", dict(groups=2, backend="gymnasium"), "--env-groups 2 needs the native Atari backend"),
     ("MinAtar/Breakout-v1", dict(groups=2), "--env-groups is an Atari option"),
 ])

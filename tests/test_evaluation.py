@@ -39,10 +39,13 @@ def one_torch_thread():
 
 def write_checkpoint(folder: Path, teacher_action: int | None = None, student_action: int | None = None,
                      env_id: str = "BreakoutNoFrameskip-v4", num_actions: int = 4, seed: int = 0,
-                     obs_shape: tuple[int, ...] = (4, 84, 84), life_loss_restart: bool = True) -> Path:
-    """A checkpoint with the payload `lot-rl train` writes; optionally constant-action policies."""
+                     obs_shape: tuple[int, ...] = (4, 84, 84), life_loss_restart: bool = True,
+                     env_backend: str | None = "ale") -> Path:
+    """A checkpoint with the payload `lot-rl train` writes (by default of a run on the native env); optionally
+    constant-action policies."""
     torch.manual_seed(seed)
-    args = Args(env_id=env_id, num_students=1, life_loss_restart=life_loss_restart)
+    args = Args(env_id=env_id, num_students=1, life_loss_restart=life_loss_restart,
+                env_backend=env_backend if not env_id.startswith("MinAtar/") else None)
     agent = Agent(num_actions, obs_shape)
     students = make_students(args, num_actions, torch.device("cpu"), lambda _: 1.0, obs_shape)
     for net, action in ((agent, teacher_action), (students.networks[0], student_action)):
@@ -105,7 +108,7 @@ class GameSpy(VectorWrapper):
 
 
 def test_play_games_counts_whole_games_with_unclipped_returns():
-    env = GameSpy(atari.make_atari_env("BreakoutNoFrameskip-v4", 2, 0, episodic_life=False))
+    env = GameSpy(atari.make_atari_env("BreakoutNoFrameskip-v4", 2, 0, episodic_life=False, backend="ale"))
     uniform = lambda obs: torch.zeros(obs.shape[0], 4)
     returns, lengths, truncated = evaluation.play_games(env, uniform, 5, greedy=False, seed=3)
     env.close()
@@ -138,6 +141,24 @@ def test_evaluation_plays_lives_as_the_run_was_trained(tmp_path):
                                                                                 max_frames=5000))
     student = report.results[0]
     assert student.settings["life_loss_restart"] and not any(student.truncated)
+
+
+@pytest.mark.parametrize("env_backend", ["gymnasium", None])
+def test_a_run_on_cleanrls_wrappers_is_evaluated_with_their_life_restarts(tmp_path, env_backend):
+    """Issue 18: CleanRL's wrappers restart every life in training (hidden NOOP and FIRE), so a run trained on them
+    plays full games with those restarts too: the always-LEFT policy's games end, as with --life-loss-restart above.
+    A run whose config names no env trained on the native env (the default before issue 18): no restart, it stalls."""
+    write_checkpoint(tmp_path, teacher_action=FIRE, student_action=LEFT, life_loss_restart=False,
+                     env_backend=env_backend)
+    report = evaluation.evaluate(tmp_path, "student:0", evaluation.EvalSettings(episodes=2, num_envs=2,
+                                                                                max_frames=5000))
+    student = report.results[0]
+    assert student.settings["backend"] == "gymnasium"  # the run's env, or the default
+    if env_backend == "gymnasium":
+        assert student.settings["life_loss_restart"] and not any(student.truncated)
+        assert all(length < 5000 for length in student.lengths)
+    else:
+        assert not student.settings["life_loss_restart"] and all(student.truncated)
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +195,19 @@ def test_sticky_actions_follow_the_protocol(random_run):
     assert resolve(env_id="ALE/Breakout-v5") == 0.25  # the v5 protocol
     with pytest.raises(LoTUserError, match="--sticky"):
         resolve(sticky=1.5)
+
+
+def test_a_run_is_played_on_the_env_it_trained_on_unless_told_otherwise(random_run):
+    """Issue 18 moved the default Atari env to CleanRL's wrappers: a native-env run is still evaluated natively,
+    a run that named no env (saved before the change) on the default."""
+    ckpt = evaluation.load_train_checkpoint(random_run)
+    backend = lambda config, **kw: evaluation.resolve_settings(
+        {**ckpt, "config": {**ckpt["config"], **config}}, evaluation.EvalSettings(**kw))["backend"]
+    assert backend({"env_backend": "ale"}) == "ale"
+    assert backend({"env_backend": "gymnasium"}) == "gymnasium"
+    assert backend({"env_backend": "ale"}, backend="gymnasium") == "gymnasium"  # the option wins
+    assert backend({"env_backend": None}) is None  # make_env's default: gymnasium
+    assert atari.parse_env_id("BreakoutNoFrameskip-v4").choose_backend(None) == "gymnasium"
 
 
 def test_flavour_sweep_plays_every_mode_and_difficulty(fixed_run, monkeypatch):

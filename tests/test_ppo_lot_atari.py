@@ -94,6 +94,27 @@ def test_runs_saved_before_life_loss_restart_existed_resume_and_evaluate_as_they
     assert cfg_lib.from_dict(lot.Args, old).life_loss_restart is False
 
 
+def test_default_env_is_cleanrls_wrappers_and_older_runs_resume_on_the_native_env(tiny_args, monkeypatch, capsys):
+    """Issue 18: a new run's env is CleanRL's wrappers by default and its saved config names it; a run saved before
+    the change (its config names no env: it trained on the native env, then the default) resumes on the native env,
+    unless --env-backend says otherwise."""
+    built = []
+    original = lot.make_env
+    monkeypatch.setattr(lot, "make_env", lambda *a, **k: built.append(k["backend"]) or original(*a, **k))
+    run_dir = lot.train(tiny_args(alpha=0.0, num_students=0, student_steps_ratio=0), max_updates=1)
+    assert built == ["gymnasium"]
+    checkpoint = load_checkpoint(run_dir, kind=lot.CHECKPOINT_KIND)
+    assert checkpoint["config"]["env_backend"] == "gymnasium"
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["env_backend"] == "gymnasium"
+
+    checkpoint["config"]["env_backend"] = None  # as saved before issue 18
+    save_checkpoint(run_dir / lot.CHECKPOINT_NAME, lot.CHECKPOINT_KIND,
+                    {k: v for k, v in checkpoint.items() if k != "path"})
+    assert main(["train", "--resume", str(run_dir), "--total-timesteps", "128"]) == 0
+    assert built[-1] == "ale"
+    assert load_checkpoint(run_dir, kind=lot.CHECKPOINT_KIND)["config"]["env_backend"] == "ale"
+
+
 class _CleanRLAgent(torch.nn.Module):
     """CleanRL's ppo_atari.py network as it builds it: NCHW float frames divided by 255.0 in the forward."""
 
@@ -732,7 +753,7 @@ def test_env_groups_give_the_same_data_and_episode_statistics(tiny_args, monkeyp
     _fixed_policy(monkeypatch)
     gae = _gae_inputs(monkeypatch)
     settings = dict(num_envs=4, num_steps=64, total_timesteps=4 * 64 * 4, alpha=0.0, num_students=0, save_every=100,
-                    threads=1, update_epochs=1)
+                    threads=1, update_epochs=1, env_backend="ale")
     runs = [lot.train(tiny_args(run_name=f"groups{groups}", env_groups=groups, **settings)) for groups in (1, 2)]
     games = [[(r["step"], r["charts/episodic_return"], r["charts/episodic_length"])
               for r in read_metrics(run) if "charts/episodic_return" in r] for run in runs]
