@@ -16,6 +16,7 @@ operators that took the most time and the median seconds per step over ``--repea
 
     python scripts/profile_steps.py                       # fp32 and bf16, 1 student, one thread
     python scripts/profile_steps.py --precision bf16 --rows 12 --threads 2
+    python scripts/profile_steps.py --compile --repeats 15   # eager beside torch.compile, times only
 """
 
 from __future__ import annotations
@@ -35,14 +36,18 @@ from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory
 from benchmark_throughput import before_issue_15  # noqa: E402 (scripts/ is on the path of a script run from it)
 
 
-def steps(precision: str, num_students: int, batch: int = 256):
-    """(student step, PPO minibatch step) closures on fresh networks, at the paper's settings."""
+def steps(precision: str, num_students: int, batch: int = 256, compiled: bool = False):
+    """(student step, PPO minibatch step) closures on fresh networks, at the paper's settings; ``compiled``: the
+    networks' forwards through ``torch.compile`` (inductor: fused element-wise kernels around oneDNN's convolutions)."""
     torch.manual_seed(0)
     args = Args(precision=precision, num_students=num_students)
     device = torch.device("cpu")
     agent = Agent(4).to(memory_format=torch.channels_last)
     optimizer = agent_module.adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     students = make_students(args, 4, device, lr_factor(args))
+    if compiled:
+        for network in [agent, *students.networks]:
+            network.forward = torch.compile(network.forward)
     autocast = autocast_for(device, precision)
     obs = torch.randint(0, 256, (batch, 4, 84, 84), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     actions, zeros, advantages = torch.randint(0, 4, (batch,)), torch.zeros(batch), torch.randn(batch)
@@ -86,10 +91,21 @@ def main() -> None:
                                                                "keep 1 to count all the work)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rows", type=int, default=8, help="operators listed per profile")
+    parser.add_argument("--compile", action="store_true",
+                        help="instead of before/after: lot_rl's steps eager beside the same with the networks' forwards "
+                             "through torch.compile (needs a C++ compiler; compiling takes minutes), times only")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     keep_freed_memory()
     precisions = opts.precision or ["fp32"] + (["bf16"] if cpu_has_bf16_kernels() else [])
+    if opts.compile:
+        for precision in precisions:
+            for form in ("eager", "torch.compile"):
+                for name, work in steps(precision, opts.num_students, compiled=form != "eager").items():
+                    best, median = cpu_seconds(work, opts.repeats)
+                    print(f"{name}, {precision}, {form}: {best * 1000:.1f} ms of CPU time (best of {opts.repeats}; "
+                          f"median {median * 1000:.1f} ms)", flush=True)
+        return
     for precision in precisions:
         for form in ("before", "after"):
             with before_issue_15() if form == "before" else contextlib.nullcontext():
