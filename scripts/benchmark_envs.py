@@ -17,9 +17,9 @@ import statistics
 from benchmark_minatar import env_steps_per_second  # scripts/ is on the path of a script run from it
 
 CONFIGS = {  # name -> make_env options
-    "native (the default: ale-py's own life losses)": dict(backend="ale", life_loss_restart=False),
+    "native (--env-backend ale: ale-py's own life losses)": dict(backend="ale", life_loss_restart=False),
     "native + --life-loss-restart": dict(backend="ale", life_loss_restart=True),
-    "gymnasium (CleanRL's wrappers)": dict(backend="gymnasium"),
+    "gymnasium (the default env: CleanRL's wrappers)": dict(backend="gymnasium"),
 }
 
 
