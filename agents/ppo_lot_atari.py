@@ -38,7 +38,7 @@ from lot_rl import distributed
 from lot_rl.checkpoint import (CHECKPOINT_NAME, load_checkpoint, restore_optimizer, rng_state,
                                save_checkpoint, set_rng_state)
 from lot_rl.envs import make_env, parse_env_id, video_frame
-from lot_rl.envs.atari import BACKENDS, get_env_state, set_env_state, supports_state
+from lot_rl.envs.atari import BACKENDS, get_env_state, set_env_state, supports_state, trained_backend
 from lot_rl.envs.groups import interleaved_steps
 from lot_rl.errors import LoTUserError, require
 from lot_rl.overlap import BackgroundWork
@@ -547,10 +547,10 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                 f"checkpoint {checkpoint['path']} is from {saved['env_id']}, not {args.env_id}")
         cfg_lib.require_unchanged_on_resume(args, saved, FIXED_ON_RESUME)
         distributed.require_same_world_size(checkpoint)
-        if game.family == "atari" and saved.get("env_backend") is None and args.env_backend is None:
-            args = replace(args, env_backend="ale")  # saved before issue 18 moved the default: keep its env
-    if game.family == "atari" and args.env_backend is None:
-        args = replace(args, env_backend="gymnasium")  # the config saved with the run names its env
+        if game.family == "atari" and args.env_backend is None:
+            args = replace(args, env_backend=trained_backend(saved))  # a resumed run keeps its env
+    if game.family == "atari":
+        args = replace(args, env_backend=game.choose_backend(args.env_backend))  # the saved config names its env
 
     # Seeding (CleanRL); under torchrun each process's envs and RNGs start from its own seed
     seed = distributed.rank_seed(args.seed, stride=args.num_envs)

@@ -74,7 +74,7 @@ def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = 
             Atari backend has none, and MinAtar always draws its own.
     """
     if not is_minatar_id(env_id):
-        backend = backend or "gymnasium"  # CleanRL's wrappers (issue 18: docs/learning_parity.md)
+        backend = backend or atari.DEFAULT_BACKEND
         return atari.make_atari_env(
             env_id, num_envs, seed, backend=backend, episodic_life=training,
             repeat_action_probability=repeat_action_probability, full_action_space=full_action_space, mode=mode,

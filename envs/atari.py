@@ -57,6 +57,8 @@ from lot_rl.errors import LoTUserError, require
 gym.register_envs(ale_py)
 
 BACKENDS = ("ale", "gymnasium")
+DEFAULT_BACKEND = "gymnasium"  # CleanRL's wrappers since issue 18 (docs/learning_parity.md)
+LEGACY_DEFAULT_BACKEND = "ale"  # before issue 18; a run's config that names no env trained on it
 MAX_EPISODE_FRAMES = 108_000  # 30 minutes of play at 60 Hz, the standard cap
 FRAME_STACK = 4
 NOOP, FIRE = 0, 1  # action indices in every minimal action set that has FIRE (SB3's FireResetEnv asserts it)
@@ -95,7 +97,7 @@ class AtariGame:
 
     def choose_backend(self, requested: str | None, *, render: bool = False, flavoured: bool = False) -> str:
         """Flavours and RGB frames exist only on the gymnasium backend, the default (CleanRL's wrappers)."""
-        return "gymnasium" if render or flavoured else (requested or "gymnasium")
+        return "gymnasium" if render or flavoured else (requested or DEFAULT_BACKEND)
 
 
 @lru_cache(maxsize=1)
@@ -128,7 +130,7 @@ def parse_env_id(env_id: str) -> AtariGame:
     return AtariGame(rom=games[name], name=name, env_id=env_id, default_sticky=sticky)
 
 
-def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: str = "gymnasium",
+def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: str = DEFAULT_BACKEND,
                    episodic_life: bool = True, repeat_action_probability: float | None = None,
                    full_action_space: bool = False, mode: int | None = None, difficulty: int | None = None,
                    render: bool = False, num_threads: int = 0,
@@ -184,6 +186,11 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         env = GameEpisodeStatistics(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP))
     env.action_space.seed(seed)
     return env
+
+
+def trained_backend(config: dict[str, Any]) -> str:
+    """The Atari backend a run trained on, from its saved config (runs saved before issue 18 name none)."""
+    return config.get("env_backend") or LEGACY_DEFAULT_BACKEND
 
 
 def validate_groups(groups: int, num_envs: int, backend: str) -> None:

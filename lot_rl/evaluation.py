@@ -41,7 +41,7 @@ from lot_rl import stats
 from lot_rl.agents.ppo_lot_atari import CHECKPOINT_KIND
 from lot_rl.checkpoint import load_checkpoint
 from lot_rl.envs import make_env, parse_env_id, render_frame
-from lot_rl.envs.atari import BACKENDS, MAX_EPISODE_FRAMES
+from lot_rl.envs.atari import BACKENDS, MAX_EPISODE_FRAMES, trained_backend
 from lot_rl.errors import LoTUserError, require
 from lot_rl.plotting import plot_comparison
 from lot_rl.runlog import check_writable_file, ensure_writable_dir, progress_bar
@@ -385,8 +385,7 @@ def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict
             # play lives as the policy learnt them: CleanRL's wrappers restart every life (hidden NOOP, FIRE); the
             # native env only with --life-loss-restart. Runs that name no env trained on the native env (the
             # default before issue 18), those saved before the option existed without the restart.
-            "life_loss_restart": (config.get("env_backend") or "ale") == "gymnasium"
-                                 or bool(config.get("life_loss_restart", False)),
+            "life_loss_restart": trained_backend(config) == "gymnasium" or bool(config.get("life_loss_restart", False)),
             "frames_per_step": game.frames_per_step,
             # the env the run trained on unless told otherwise (runs that named none: the default, gymnasium)
             "backend": settings.backend or config.get("env_backend"), "device": settings.device}
