@@ -135,7 +135,7 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
                    full_action_space: bool = False, mode: int | None = None, difficulty: int | None = None,
                    render: bool = False, num_threads: int = 0,
                    max_episode_frames: int = MAX_EPISODE_FRAMES, groups: int = 1,
-                   life_loss_restart: bool = False) -> VectorEnv:
+                   life_loss_restart: bool = False, life_loss_continue: bool = False) -> VectorEnv:
     """Build ``num_envs`` preprocessed Atari envs (see the module docstring), already validated.
 
     Args:
@@ -151,6 +151,10 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
             :class:`LifeLossRestart`; on the gymnasium backend with their EpisodicLifeEnv + FireResetEnv, which it
             always has in training (``episodic_life``) and then also has playing full games (evaluating a run that
             learned its lives that way). The true game's statistics count whole games either way.
+        life_loss_continue: the other way round, gymnasium backend only: CleanRL's wrappers with the native env's
+            life losses (:class:`LifeLossContinue`: terminate and play on, no hidden steps, the stack runs on;
+            full games are then played without EpisodicLifeEnv's restarts), the arm of issue 18's experiment
+            that moves only the life-loss handling.
     Reset the returned env with ``env.reset(seed=seed)``; ``seed`` here seeds action-space sampling.
     """
     game = parse_env_id(env_id)
@@ -158,10 +162,16 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
     require(backend in BACKENDS, f"unknown env backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     sticky = game.default_sticky if repeat_action_probability is None else repeat_action_probability
     require(0.0 <= sticky < 1.0, f"--repeat-action-probability must be in [0, 1), got {sticky}")
+    require(not (life_loss_restart and life_loss_continue), "--life-loss-restart and --life-loss-continue are "
+            "opposites (CleanRL's restarts on the native env / the native env's life losses on CleanRL's wrappers): "
+            "choose one")
     if mode is not None or difficulty is not None or render:
         backend = "gymnasium"  # the native vector env has no flavours and no RGB frames
         validate_flavour(game, mode, difficulty)
     validate_groups(groups, num_envs, backend)
+    require(not life_loss_continue or backend == "gymnasium", "--life-loss-continue gives CleanRL's wrappers the "
+            "native env's life losses, which the native env (--env-backend ale) has already: use --env-backend "
+            "gymnasium")
     if backend == "ale":
         fire = "FIRE" in _action_meanings(game.gymnasium_id, full_action_space)
 
@@ -181,8 +191,9 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         else:  # the same games as one vector env of num_envs (tested): env i is seeded seed + i either way
             env = EnvGroups([native(num_envs // groups, -(-num_threads // groups)) for _ in range(groups)])
     else:
-        fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, episodic_life or life_loss_restart,
-                                 render, max_episode_frames) for _ in range(num_envs)]
+        life = "continue" if life_loss_continue else "restart" if (episodic_life or life_loss_restart) else None
+        fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, life, episodic_life, render,
+                                 max_episode_frames) for _ in range(num_envs)]
         env = GameEpisodeStatistics(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP))
     env.action_space.seed(seed)
     return env
@@ -226,7 +237,10 @@ def validate_flavour(game: AtariGame | str, mode: int | None, difficulty: int | 
 
 
 def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, mode: int | None,
-                      difficulty: int | None, episodic_life: bool, render: bool, max_episode_frames: int):
+                      difficulty: int | None, life_loss: str | None, terminate_on_life_loss: bool, render: bool,
+                      max_episode_frames: int):
+    """``life_loss``: "restart" (CleanRL: EpisodicLifeEnv, which also terminates), "continue" (the native env's
+    way: :class:`LifeLossContinue`, terminating only with ``terminate_on_life_loss``) or None (full games)."""
     from stable_baselines3.common.atari_wrappers import (EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv,
                                                          NoopResetEnv)
 
@@ -242,13 +256,15 @@ def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, m
         env = gym.wrappers.RecordEpisodeStatistics(env)  # innermost: true game return over all lives
         env = NoopResetEnv(env, noop_max=30)
         env = MaxAndSkipEnv(env, skip=4)
-        if episodic_life:
+        if life_loss == "restart":
             env = EpisodicLifeEnv(env)
         if "FIRE" in env.unwrapped.get_action_meanings():
             env = FireResetEnv(env)
         env = gym.wrappers.ResizeObservation(env, (84, 84))
         env = luminance_grayscale(env)
         env = gym.wrappers.FrameStackObservation(env, 4)
+        if life_loss == "continue" and terminate_on_life_loss:
+            env = LifeLossContinue(env)
         return env
 
     return thunk
@@ -374,6 +390,38 @@ class LifeLossRestart(VectorWrapper):
         return self._stack.copy(), reward, terminated, truncated, info
 
 
+class LifeLossContinue(gym.Wrapper):
+    """The native env's life losses on CleanRL's wrappers: terminate at a life loss, then play on.
+
+    Outside the frame stack: the reset that a SAME_STEP vector env calls after a life loss's termination returns
+    the last observation and leaves the game, the stack and the wrappers inside as they are (no hidden NOOP or
+    FIRE: the agent relaunches the ball); at a game's end it resets them all. What ale-py's native vector env
+    does with ``life_loss_info`` (issue 18's experiment, ``--life-loss-continue``).
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self.lives = 0
+        self.playing_on = False  # the last step lost a life: the next reset continues the game
+        self.last_obs: np.ndarray | None = None
+
+    def reset(self, **kwargs):
+        if self.playing_on:
+            self.playing_on = False
+            return self.last_obs, {"lives": self.lives}
+        obs, info = self.env.reset(**kwargs)
+        self.lives = self.env.unwrapped.ale.lives()
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = self.env.unwrapped.ale.lives()
+        if not (terminated or truncated) and lives < self.lives:
+            terminated, self.playing_on, self.last_obs = True, True, obs
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+
 @lru_cache(maxsize=None)
 def _action_meanings(gymnasium_id: str, full_action_space: bool) -> tuple[str, ...]:
     env = gym.make(gymnasium_id, full_action_space=full_action_space)
@@ -426,6 +474,8 @@ def get_env_state(env: VectorEnv) -> list[dict[str, Any]] | None:
                 state["episode"] = (float(wrapper.episode_returns), int(wrapper.episode_lengths))
             elif name == "EpisodicLifeEnv":
                 state["life"] = (int(wrapper.lives), bool(wrapper.was_real_done))
+            elif name == "LifeLossContinue":
+                state["life"] = (int(wrapper.lives), bool(wrapper.playing_on))  # last_obs: the stack's frames
         states.append(state)
     return states
 
@@ -449,6 +499,9 @@ def set_env_state(env: VectorEnv, states: list[dict[str, Any]]) -> None:
                 wrapper.episode_returns, wrapper.episode_lengths = state["episode"]
             elif name == "EpisodicLifeEnv":
                 wrapper.lives, wrapper.was_real_done = state["life"]
+            elif name == "LifeLossContinue":
+                wrapper.lives, wrapper.playing_on = state["life"]
+                wrapper.last_obs = np.asarray(state["frames"])
 
 
 def _wrappers(env: gym.Env):

@@ -77,14 +77,15 @@ def test_backends_build_the_same_spaces():
     a.close(), b.close()
 
 
-def test_env_state_restore_continues_the_same_games(tmp_path):
-    env = make_atari_env("BreakoutNoFrameskip-v4", 2, backend="gymnasium")
+@pytest.mark.parametrize("life_loss_continue", [False, True])
+def test_env_state_restore_continues_the_same_games(tmp_path, life_loss_continue):
+    env = make_atari_env("BreakoutNoFrameskip-v4", 2, backend="gymnasium", life_loss_continue=life_loss_continue)
     env.reset(seed=3)
     _play(env, 100)
     state = get_env_state(env)
     save_checkpoint(tmp_path / "env.pt", "env", {"state": state})  # must survive a safe torch.load
     state = load_checkpoint(tmp_path / "env.pt")["state"]
-    other = make_atari_env("BreakoutNoFrameskip-v4", 2, backend="gymnasium")
+    other = make_atari_env("BreakoutNoFrameskip-v4", 2, backend="gymnasium", life_loss_continue=life_loss_continue)
     other.reset(seed=99)
     set_env_state(other, state)
     ra, ta, ga = _play(env, 400, seed=5)
@@ -98,6 +99,10 @@ def test_bad_env_options():
         make_atari_env("BreakoutNoFrameskip-v4", 0)
     with pytest.raises(LoTUserError, match="repeat-action-probability"):
         make_atari_env("BreakoutNoFrameskip-v4", 1, repeat_action_probability=1.5)
+    with pytest.raises(LoTUserError, match="--life-loss-continue .* use --env-backend gymnasium"):
+        make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale", life_loss_continue=True)
+    with pytest.raises(LoTUserError, match="--life-loss-restart and --life-loss-continue are opposites"):
+        make_atari_env("BreakoutNoFrameskip-v4", 1, life_loss_restart=True, life_loss_continue=True)
 
 
 def _cleanrl_breakout(num_envs: int):
@@ -155,15 +160,19 @@ def _lives(env, info) -> int:
     return int(info["lives"][0]) if "lives" in info else env.env.envs[0].unwrapped.ale.lives()
 
 
-@pytest.mark.parametrize("backend, restart", [("gymnasium", None), ("ale", True), ("ale", False)])
-def test_what_each_backend_does_after_a_life_loss_on_breakout(backend, restart):
+@pytest.mark.parametrize("backend, life", [("gymnasium", None), ("ale", "restart"), ("ale", None),
+                                           ("gymnasium", "continue")])
+def test_what_each_backend_does_after_a_life_loss_on_breakout(backend, life):
     """Issue 12 / 18: after a life loss the gymnasium backend (CleanRL's EpisodicLifeEnv + FireResetEnv) takes
     NOOP, FIRE and RIGHT inside its reset and restarts the frame stack: the agent's next observation is four
     copies of one frame and the ball is already in play. The native backend with ``life_loss_restart``
     (issue 18) does the same, except that its three hidden steps are forced steps the learner sees marked in
     ``info["forced"]``. Without it (the default), the native env only reports the life loss: the stack keeps
-    the frames around it and the ball waits until the agent presses FIRE."""
-    env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend=backend, life_loss_restart=bool(restart))
+    the frames around it and the ball waits until the agent presses FIRE; so do CleanRL's wrappers with
+    ``life_loss_continue`` (issue 18's experiment, the opposite conversion)."""
+    restart = life == "restart"
+    env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend=backend, life_loss_restart=restart,
+                         life_loss_continue=life == "continue")
     _, info = env.reset(seed=3)
     assert _lives(env, info) == 5
     obs, info, lost_at = _noop(env, 500)  # the game's start is fired by both backends: the ball falls past
@@ -182,7 +191,7 @@ def test_what_each_backend_does_after_a_life_loss_on_breakout(backend, restart):
         assert forced_actions == [0, 1, 2]  # NOOP, FIRE, RIGHT: CleanRL's hidden steps, in its order
     frames_alike = all(np.array_equal(obs[0, 0], obs[0, k]) for k in range(1, 4))
     _, info, next_loss = _noop(env, 300)  # the agent never presses FIRE
-    if backend == "gymnasium" or restart:
+    if (backend == "gymnasium" and life != "continue") or restart:
         assert frames_alike  # a fresh stack
         assert next_loss is not None and _lives(env, info) == 3  # the ball was launched for the agent
     else:
@@ -224,7 +233,7 @@ def test_native_envs_stepped_together_are_each_env_alone():
     mixes their games nor reorders their results."""
     steps, num_envs = 300, 4
     actions = np.random.default_rng(0).integers(0, 4, (steps, num_envs))
-    together = make_atari_env("BreakoutNoFrameskip-v4", num_envs, 1)
+    together = make_atari_env("BreakoutNoFrameskip-v4", num_envs, 1, backend="ale")
     frames, _ = together.reset(seed=1)
     seen = [(frames.copy(), None, None)]
     for t in range(steps):
@@ -232,7 +241,7 @@ def test_native_envs_stepped_together_are_each_env_alone():
         seen.append((obs.copy(), reward.copy(), terminated.copy()))
     together.close()
     for i in range(num_envs):
-        alone = make_atari_env("BreakoutNoFrameskip-v4", 1, 1 + i)
+        alone = make_atari_env("BreakoutNoFrameskip-v4", 1, 1 + i, backend="ale")
         obs, _ = alone.reset(seed=1 + i)
         np.testing.assert_array_equal(obs[0], seen[0][0][i])
         for t in range(steps):
