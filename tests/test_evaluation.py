@@ -40,12 +40,12 @@ def one_torch_thread():
 def write_checkpoint(folder: Path, teacher_action: int | None = None, student_action: int | None = None,
                      env_id: str = "BreakoutNoFrameskip-v4", num_actions: int = 4, seed: int = 0,
                      obs_shape: tuple[int, ...] = (4, 84, 84), life_loss_restart: bool = True,
-                     env_backend: str | None = "ale") -> Path:
+                     env_backend: str | None = "ale", life_loss_continue: bool = False) -> Path:
     """A checkpoint with the payload `lot-rl train` writes (by default of a run on the native env); optionally
     constant-action policies."""
     torch.manual_seed(seed)
     args = Args(env_id=env_id, num_students=1, life_loss_restart=life_loss_restart,
-                env_backend=env_backend if not env_id.startswith("MinAtar/") else None)
+                life_loss_continue=life_loss_continue, env_backend=env_backend if not env_id.startswith("MinAtar/") else None)
     agent = Agent(num_actions, obs_shape)
     students = make_students(args, num_actions, torch.device("cpu"), lambda _: 1.0, obs_shape)
     for net, action in ((agent, teacher_action), (students.networks[0], student_action)):
@@ -159,6 +159,18 @@ def test_a_run_on_cleanrls_wrappers_is_evaluated_with_their_life_restarts(tmp_pa
         assert all(length < 5000 for length in student.lengths)
     else:
         assert not student.settings["life_loss_restart"] and all(student.truncated)
+
+
+def test_a_run_on_cleanrls_wrappers_with_native_life_losses_is_evaluated_without_restarts(tmp_path):
+    """Issue 18's --life-loss-continue arm learnt to press FIRE after a life loss, as on the native env: it plays
+    full games without restarts, so the always-LEFT policy never relaunches the ball and stalls until the cap."""
+    write_checkpoint(tmp_path, teacher_action=FIRE, student_action=LEFT, life_loss_restart=False,
+                     env_backend="gymnasium", life_loss_continue=True)
+    report = evaluation.evaluate(tmp_path, "student:0", evaluation.EvalSettings(episodes=2, num_envs=2,
+                                                                                max_frames=5000))
+    student = report.results[0]
+    assert student.settings["backend"] == "gymnasium"
+    assert not student.settings["life_loss_restart"] and all(student.truncated)
 
 
 @pytest.fixture(scope="module")

@@ -652,6 +652,28 @@ def test_training_leaves_the_forced_steps_of_each_restarted_life_out_of_the_loss
     assert masks[0].numel() == forced.size and int((masks[0] == 0).sum()) == int(forced.sum()) > 0
 
 
+def test_life_loss_continue_trains_on_cleanrls_wrappers_with_the_native_envs_life_losses(tmp_path, monkeypatch, capsys):
+    """Issue 18's arm end to end: the run's envs are CleanRL's wrappers with LifeLossContinue (no EpisodicLifeEnv),
+    every step is the agent's (no mask), the saved config names the option; the native env refuses it."""
+    from lot_rl.envs.atari import LifeLossContinue, _wrappers
+    built, masks = [], []
+    real_make_env, real_lot_ppo_loss = lot.make_env, lot.lot_ppo_loss
+    monkeypatch.setattr(lot, "make_env", lambda *a, **kw: built.append(real_make_env(*a, **kw)) or built[-1])
+    monkeypatch.setattr(lot, "lot_ppo_loss", lambda *a, mask=None, **kw: masks.append(mask) or real_lot_ppo_loss(
+        *a, mask=mask, **kw))
+    tiny = dict(total_timesteps=256, num_envs=2, num_steps=128, num_minibatches=1, update_epochs=1,
+                run_dir=str(tmp_path), threads=1, life_loss_continue=True, env_backend="gymnasium")
+    run_dir = lot.train(cfg_lib.resolve(lot.Args, tiny, lot.PRESETS, "ppo"))
+    names = [type(w).__name__ for w in _wrappers(built[0].env.envs[0])]
+    assert isinstance(built[0].env.envs[0], LifeLossContinue) and "EpisodicLifeEnv" not in names
+    assert "FireResetEnv" in names  # FIRE at a game's start, as the native env presses it
+    assert masks == [None]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["life_loss_continue"] is True
+    assert main(["train", "--preset", "ppo", "--env-backend", "ale", "--life-loss-continue",
+                 "--run-dir", str(tmp_path / "bad")]) == 2
+    assert "use --env-backend gymnasium" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_frames_scaled_under_bf16_autocast_are_what_autocast_made_of_fp32_frames():
     """scale_frames goes straight to bf16 under autocast: for every uint8 value, the bf16 that autocast's cast of
     the fp32 quotient gives; outside autocast, x / 255.0 in fp32."""
