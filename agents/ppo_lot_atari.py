@@ -284,28 +284,35 @@ def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias_const: float = 
     return layer
 
 
+# Each trunk applies its last convolution's ReLU after Flatten: the same function and the same parameter names
+# (Flatten and ReLU have none), but on channels-last activations ReLU-then-Flatten hands ReLU's backward an NCHW
+# gradient for an NHWC output, and PyTorch's element-wise kernels take a generic strided path for mixed layouts
+# (10-20x slower for that op): 1.03-1.08x the student step, 1.00-1.05x the PPO minibatch (`python
+# scripts/profile_steps.py --relu-order`, docs/results/speed/2026-12-01-relu-order.txt).
+
+
 def nature_cnn(channels: int = 4) -> nn.Sequential:
     """The DQN Nature CNN trunk: 4x84x84 uint8 frames (scaled inside the agent) -> 512 features."""
     return nn.Sequential(
         layer_init(nn.Conv2d(channels, 32, 8, stride=4)), nn.ReLU(),
         layer_init(nn.Conv2d(32, 64, 4, stride=2)), nn.ReLU(),
-        layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.ReLU(),
-        nn.Flatten(), layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU())
+        layer_init(nn.Conv2d(64, 64, 3, stride=1)), nn.Flatten(), nn.ReLU(),
+        layer_init(nn.Linear(64 * 7 * 7, 512)), nn.ReLU())
 
 
 def small_cnn(channels: int = 4) -> nn.Sequential:
     """A smaller student trunk (the 2013 DQN CNN): about a third of the Nature CNN's compute."""
     return nn.Sequential(
         layer_init(nn.Conv2d(channels, 16, 8, stride=4)), nn.ReLU(),
-        layer_init(nn.Conv2d(16, 32, 4, stride=2)), nn.ReLU(),
-        nn.Flatten(), layer_init(nn.Linear(32 * 9 * 9, 256)), nn.ReLU())
+        layer_init(nn.Conv2d(16, 32, 4, stride=2)), nn.Flatten(), nn.ReLU(),
+        layer_init(nn.Linear(32 * 9 * 9, 256)), nn.ReLU())
 
 
 def minatar_network(channels: int) -> nn.Sequential:
     """Young & Tian's MinAtar trunk: Cx10x10 0/1 grids -> one 3x3 convolution of 16 filters, stride 1 -> 128."""
     return nn.Sequential(
-        layer_init(nn.Conv2d(channels, 16, 3, stride=1)), nn.ReLU(),
-        nn.Flatten(), layer_init(nn.Linear(16 * 8 * 8, 128)), nn.ReLU())
+        layer_init(nn.Conv2d(channels, 16, 3, stride=1)), nn.Flatten(), nn.ReLU(),
+        layer_init(nn.Linear(16 * 8 * 8, 128)), nn.ReLU())
 
 
 def scale_frames(x: torch.Tensor) -> torch.Tensor:

@@ -76,16 +76,39 @@ def update_rows(run_dir: Path) -> list[dict]:
 @contextlib.contextmanager
 def before_issue_15():
     """lot_rl's training as it was before issue 15's speed work, for rows side by side with today's: PyTorch's
-    default Adam (not fused), frames scaled in fp32 (autocast casts them at the first layer) and the teacher
-    acting with its fp32 weights (autocast casts every weight on every forward). The same math."""
+    default Adam (not fused), frames scaled in fp32 (autocast casts them at the first layer), the teacher
+    acting with its fp32 weights (autocast casts every weight on every forward) and the trunks' last ReLU before
+    Flatten (:func:`relu_before_flatten_trunks`). The same math."""
     saved = agent_module.adam, agent_module.scale_frames, agent_module.InferenceCopy
     agent_module.adam = torch.optim.Adam
     agent_module.scale_frames = lambda x: x.to(torch.float32, copy=True).div_(255.0)
     agent_module.InferenceCopy = lambda module, precision: runtime.InferenceCopy(module, "fp32")
     try:
-        yield
+        with relu_before_flatten_trunks():
+            yield
     finally:
         agent_module.adam, agent_module.scale_frames, agent_module.InferenceCopy = saved
+
+
+@contextlib.contextmanager
+def relu_before_flatten_trunks():
+    """The Atari trunks as CleanRL writes them, last ReLU before Flatten: under channels-last its backward meets a
+    gradient of the other memory layout (PyTorch's strided slow path). The same parameters and math."""
+    saved = agent_module.nature_cnn, agent_module.small_cnn
+    agent_module.nature_cnn = lambda *a, **k: relu_before_flatten(saved[0](*a, **k))
+    agent_module.small_cnn = lambda *a, **k: relu_before_flatten(saved[1](*a, **k))
+    try:
+        yield
+    finally:
+        agent_module.nature_cnn, agent_module.small_cnn = saved
+
+
+def relu_before_flatten(trunk: torch.nn.Sequential) -> torch.nn.Sequential:
+    """The same trunk (same parameters) with its last convolution's ReLU before Flatten."""
+    mods = list(trunk)
+    at = next(i for i, m in enumerate(mods) if isinstance(m, torch.nn.Flatten))
+    mods[at], mods[at + 1] = mods[at + 1], mods[at]
+    return torch.nn.Sequential(*mods)
 
 
 class EnvTimer:

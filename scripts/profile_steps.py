@@ -11,12 +11,14 @@ autocast, this profiles
 each in two forms side by side: ``before``, the implementation before issue 15 (PyTorch's default CPU Adam,
 frames scaled in fp32 and cast to bf16 by autocast at the first convolution: ``benchmark_throughput.py``'s
 ``before_issue_15``) and ``after``, lot_rl's (``lot_rl.runtime.adam``'s fused Adam, frames scaled straight to
-autocast's dtype). It prints, per form, the
-operators that took the most time and the median seconds per step over ``--repeats`` steps.
+autocast's dtype, the trunks' last ReLU after Flatten). It prints, per form, the operators that took the most
+time and the median seconds per step over ``--repeats`` steps. ``--relu-order`` instead times lot_rl's steps
+beside the same with the last ReLU before Flatten (CleanRL's order; the one change alone), interleaved.
 
     python scripts/profile_steps.py                       # fp32 and bf16, 1 student, one thread
     python scripts/profile_steps.py --precision bf16 --rows 12 --threads 2
     python scripts/profile_steps.py --compile --repeats 15   # eager beside torch.compile, times only
+    python scripts/profile_steps.py --relu-order --repeats 15  # ReLU after / before Flatten, times only
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import lot_rl.agents.ppo_lot_atari as agent_module
 from lot_rl.agents.ppo_lot_atari import Agent, Args, lot_ppo_loss, lr_factor, make_students
 from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory
 
-from benchmark_throughput import before_issue_15  # noqa: E402 (scripts/ is on the path of a script run from it)
+from benchmark_throughput import before_issue_15, relu_before_flatten_trunks  # noqa: E402 (scripts/ is on the path of a script run from it)
 
 
 def steps(precision: str, num_students: int, batch: int = 256, compiled: bool = False):
@@ -82,6 +84,20 @@ def cpu_seconds(work, repeats: int) -> tuple[float, float]:
     return min(times), statistics.median(times)
 
 
+def interleaved_cpu_seconds(works: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """:func:`cpu_seconds` of several works, their calls taken in turn so that a busy machine's slow spells fall on
+    all of them alike."""
+    for work in works.values():
+        work()
+    times = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            start = time.thread_time()
+            work()
+            times[name].append(time.thread_time() - start)
+    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precision", nargs="*", default=None, choices=["fp32", "bf16"],
@@ -94,6 +110,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="instead of before/after: lot_rl's steps eager beside the same with the networks' forwards "
                              "through torch.compile (needs a C++ compiler; compiling takes minutes), times only")
+    parser.add_argument("--relu-order", action="store_true",
+                        help="instead of before/after: lot_rl's steps beside the same with the trunks' last ReLU before "
+                             "Flatten, times only, the two forms' steps interleaved")
     opts = parser.parse_args()
     torch.set_num_threads(opts.threads)
     keep_freed_memory()
@@ -105,6 +124,20 @@ def main() -> None:
                     best, median = cpu_seconds(work, opts.repeats)
                     print(f"{name}, {precision}, {form}: {best * 1000:.1f} ms of CPU time (best of {opts.repeats}; "
                           f"median {median * 1000:.1f} ms)", flush=True)
+        return
+    if opts.relu_order:
+        for precision in precisions:
+            forms = {"ReLU after Flatten (lot_rl)": steps(precision, opts.num_students)}
+            with relu_before_flatten_trunks():
+                forms["ReLU before Flatten"] = steps(precision, opts.num_students)
+            for name in ("student step", "PPO minibatch"):
+                times = interleaved_cpu_seconds({form: work[name] for form, work in forms.items()}, opts.repeats)
+                (best_a, med_a), (best_b, med_b) = times.values()
+                for form, (best, median) in times.items():
+                    print(f"{name}, {precision}, {form}: {best * 1000:.1f} ms of CPU time (best of {opts.repeats}; "
+                          f"median {median * 1000:.1f} ms)")
+                print(f"{name}, {precision}: ReLU after Flatten at {best_b / best_a:.2f}x the speed (best), "
+                      f"{med_b / med_a:.2f}x (median)", flush=True)
         return
     for precision in precisions:
         for form in ("before", "after"):

@@ -815,3 +815,47 @@ def test_overlapped_students_train_as_the_sequential_order(tiny_args, monkeypatc
     assert torch.equal(ckpt_a["student_rng"], ckpt_b["student_rng"])
     kls = [{r["step"]: r["lot/student_kl"] for r in read_metrics(run) if "lot/student_kl" in r} for run in runs]
     assert len(kls[0]) == 4 and kls[0] == kls[1]
+
+
+@pytest.mark.parametrize("make, shape", [(lot.nature_cnn, (4, 84, 84)), (lot.small_cnn, (4, 84, 84)),
+                                         (lot.minatar_network, (4, 10, 10))])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_trunks_flatten_before_the_last_relu_for_layouts_alone(make, shape, precision, load_script):
+    """Issue 15: ReLU after Flatten is CleanRL's trunk (the benchmarks' "before" form) to the bit (parameter names,
+    outputs, gradients), and on channels-last activations no ReLU backward meets a gradient of another memory
+    layout than its output (the strided slow path of PyTorch's element-wise kernels)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    def layout(t):
+        return "nhwc" if t.dim() == 4 and not t.is_contiguous() else "plain"
+
+    class ReluBackwards(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.layouts = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.threshold_backward.default:
+                self.layouts.append((layout(args[0]), layout(args[1])))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    trunk = make(shape[0]).to(memory_format=torch.channels_last)
+    reference = load_script("benchmark_throughput").relu_before_flatten(trunk)
+    assert [n for n, _ in trunk.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    x = torch.rand(8, *shape).contiguous(memory_format=torch.channels_last)
+    grads, outs, spy = [], [], ReluBackwards()
+    for net in (trunk, reference):
+        net.zero_grad()
+        with lot.autocast_for(torch.device("cpu"), precision)():
+            out = net(x)
+        if net is trunk:
+            with spy:
+                out.float().square().sum().backward()
+        else:
+            out.float().square().sum().backward()
+        outs.append(out)
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert spy.layouts and all(g == o for g, o in spy.layouts)
