@@ -95,6 +95,10 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
         False, "Atari, gymnasium backend: the native env's life losses on CleanRL's wrappers (terminate, then play "
         "on: no hidden steps, the frame stack runs on, the agent presses FIRE); the opposite of "
         "--life-loss-restart, for issue 18's experiment (docs/learning_parity.md)")
+    gray_first: bool = cfg_lib.option(
+        False, "Atari, gymnasium backend: the native env's pixels on CleanRL's wrappers (ALE's gray screen, max-pooled "
+        "and resized; CleanRL turns its RGB frames gray last: at most one gray level apart), for issue 18's "
+        "experiment (docs/learning_parity.md)")
     env_groups: int = cfg_lib.option(1, "native Atari env only: step the envs in this many groups, the network "
                                      "acting for one group while the others' games run (2 hides the emulator on "
                                      "machines with cores to spare; same data per update)")
@@ -232,7 +236,8 @@ OPTION_GROUPS = {**{n: "experiment" for n in ("exp_name", "seed", "torch_determi
                                                *TRACKING_FIELDS)},
                  **{n: "environment" for n in ("env_id", "env_backend", "num_envs", "repeat_action_probability",
                                                 "full_action_space", "env_threads", "env_groups",
-                                                "max_episode_frames", "life_loss_restart", "life_loss_continue")},
+                                                "max_episode_frames", "life_loss_restart", "life_loss_continue",
+                                                "gray_first")},
                  **{n: "LoT" for n in ("alpha", "num_students", "student_weights", "student_steps_ratio",
                                         "obs_num", "cache_mode", "temperature", "detach", "lot_start",
                                         "student_arch", "student_lr", "student_weight_decay",
@@ -575,7 +580,7 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                     full_action_space=args.full_action_space, num_threads=args.env_threads,
                     max_episode_frames=args.max_episode_frames, video_frames=args.capture_video,
                     life_loss_restart=args.life_loss_restart, life_loss_continue=args.life_loss_continue,
-                    groups=args.env_groups)
+                    gray_first=args.gray_first, groups=args.env_groups)
     num_actions = int(envs.single_action_space.n)
     obs_shape = envs.single_observation_space.shape  # the networks follow it: Atari frames or MinAtar grids
     if checkpoint is not None:

@@ -135,7 +135,8 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
                    full_action_space: bool = False, mode: int | None = None, difficulty: int | None = None,
                    render: bool = False, num_threads: int = 0,
                    max_episode_frames: int = MAX_EPISODE_FRAMES, groups: int = 1,
-                   life_loss_restart: bool = False, life_loss_continue: bool = False) -> VectorEnv:
+                   life_loss_restart: bool = False, life_loss_continue: bool = False,
+                   gray_first: bool = False) -> VectorEnv:
     """Build ``num_envs`` preprocessed Atari envs (see the module docstring), already validated.
 
     Args:
@@ -155,6 +156,9 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
             life losses (:class:`LifeLossContinue`: terminate and play on, no hidden steps, the stack runs on;
             full games are then played without EpisodicLifeEnv's restarts), the arm of issue 18's experiment
             that moves only the life-loss handling.
+        gray_first: gymnasium backend only: the native env's pixels on CleanRL's wrappers: ALE's grayscale screen,
+            max-pooled and resized (CleanRL max-pools and resizes RGB screens, then turns them gray; the two differ
+            by rounding, at most one gray level), the arm of issue 18's experiment that moves only that.
     Reset the returned env with ``env.reset(seed=seed)``; ``seed`` here seeds action-space sampling.
     """
     game = parse_env_id(env_id)
@@ -172,6 +176,9 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
     require(not life_loss_continue or backend == "gymnasium", "--life-loss-continue gives CleanRL's wrappers the "
             "native env's life losses, which the native env (--env-backend ale) has already: use --env-backend "
             "gymnasium")
+    require(not gray_first or (backend == "gymnasium" and not render), "--gray-first gives CleanRL's wrappers the "
+            "native env's gray frames: use --env-backend gymnasium (the native env has them already) and no RGB "
+            "rendering (videos)")
     if backend == "ale":
         fire = "FIRE" in _action_meanings(game.gymnasium_id, full_action_space)
 
@@ -193,7 +200,7 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
     else:
         life = "continue" if life_loss_continue else "restart" if (episodic_life or life_loss_restart) else None
         fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, life, episodic_life, render,
-                                 max_episode_frames) for _ in range(num_envs)]
+                                 max_episode_frames, gray_first) for _ in range(num_envs)]
         env = GameEpisodeStatistics(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP))
     env.action_space.seed(seed)
     return env
@@ -238,7 +245,7 @@ def validate_flavour(game: AtariGame | str, mode: int | None, difficulty: int | 
 
 def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, mode: int | None,
                       difficulty: int | None, life_loss: str | None, terminate_on_life_loss: bool, render: bool,
-                      max_episode_frames: int):
+                      max_episode_frames: int, gray_first: bool = False):
     """``life_loss``: "restart" (CleanRL: EpisodicLifeEnv, which also terminates), "continue" (the native env's
     way: :class:`LifeLossContinue`, terminating only with ``terminate_on_life_loss``) or None (full games)."""
     from stable_baselines3.common.atari_wrappers import (EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv,
@@ -252,6 +259,8 @@ def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, m
             kwargs["mode"] = mode
         if difficulty is not None:
             kwargs["difficulty"] = difficulty
+        if gray_first:
+            kwargs["obs_type"] = "grayscale"  # ALE's own gray screen, as the native env reads it
         env = gym.make(game.gymnasium_id, render_mode="rgb_array" if render else None, **kwargs)
         env = gym.wrappers.RecordEpisodeStatistics(env)  # innermost: true game return over all lives
         env = NoopResetEnv(env, noop_max=30)
@@ -261,7 +270,8 @@ def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, m
         if "FIRE" in env.unwrapped.get_action_meanings():
             env = FireResetEnv(env)
         env = gym.wrappers.ResizeObservation(env, (84, 84))
-        env = luminance_grayscale(env)
+        if not gray_first:
+            env = luminance_grayscale(env)
         env = gym.wrappers.FrameStackObservation(env, 4)
         if life_loss == "continue" and terminate_on_life_loss:
             env = LifeLossContinue(env)

@@ -387,6 +387,7 @@ def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict
             # default before issue 18), those saved before the option existed without the restart.
             "life_loss_restart": (trained_backend(config) == "gymnasium" and not config.get("life_loss_continue"))
                                  or bool(config.get("life_loss_restart", False)),
+            "gray_first": bool(config.get("gray_first", False)),  # the pixels it learnt on (issue 18's arm)
             "frames_per_step": game.frames_per_step,
             # the env the run trained on unless told otherwise (runs that named none: the default, gymnasium)
             "backend": settings.backend or config.get("env_backend"), "device": settings.device}
@@ -403,7 +404,8 @@ def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, A
     env = make_env(resolved["env_id"], resolved["num_envs"], resolved["seed"], training=False, backend=backend,
                    repeat_action_probability=resolved["sticky"], full_action_space=resolved["full_action_space"],
                    mode=resolved["mode"], difficulty=resolved["difficulty"], render=record,
-                   max_episode_frames=resolved["max_frames"], life_loss_restart=resolved["life_loss_restart"])
+                   max_episode_frames=resolved["max_frames"], life_loss_restart=resolved["life_loss_restart"],
+                   gray_first=resolved["gray_first"] and backend == "gymnasium" and not record)
     try:
         actions = int(env.single_action_space.n)
         require(actions == int(checkpoint["num_actions"]),

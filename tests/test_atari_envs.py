@@ -77,6 +77,21 @@ def test_backends_build_the_same_spaces():
     a.close(), b.close()
 
 
+def test_gray_first_gives_cleanrls_wrappers_the_native_envs_pixels():
+    """Issue 18's --gray-first arm: on Breakout's start screen the score, walls and bricks (the top 50 of 84 rows;
+    below, the ball and paddle are where each env's own start put them) are the native env's pixel for pixel;
+    CleanRL's RGB-then-gray frames differ there by rounding, one gray level at most."""
+    frames = {}
+    for name, kw in (("native", dict(backend="ale")), ("gray_first", dict(backend="gymnasium", gray_first=True)),
+                     ("cleanrl", dict(backend="gymnasium"))):
+        env = make_atari_env("BreakoutNoFrameskip-v4", 1, **kw)
+        frames[name] = env.reset(seed=0)[0][0, -1, :50].astype(int)
+        env.close()
+    assert np.array_equal(frames["gray_first"], frames["native"])
+    difference = np.abs(frames["cleanrl"] - frames["native"])
+    assert difference.max() == 1 and difference.sum() > 0
+
+
 @pytest.mark.parametrize("life_loss_continue", [False, True])
 def test_env_state_restore_continues_the_same_games(tmp_path, life_loss_continue):
     env = make_atari_env("BreakoutNoFrameskip-v4", 2, backend="gymnasium", life_loss_continue=life_loss_continue)
@@ -101,6 +116,8 @@ def test_bad_env_options():
         make_atari_env("BreakoutNoFrameskip-v4", 1, repeat_action_probability=1.5)
     with pytest.raises(LoTUserError, match="--life-loss-continue .* use --env-backend gymnasium"):
         make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale", life_loss_continue=True)
+    with pytest.raises(LoTUserError, match="--gray-first .* use --env-backend gymnasium"):
+        make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale", gray_first=True)
     with pytest.raises(LoTUserError, match="--life-loss-restart and --life-loss-continue are opposites"):
         make_atari_env("BreakoutNoFrameskip-v4", 1, life_loss_restart=True, life_loss_continue=True)
 
