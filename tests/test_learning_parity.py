@@ -23,10 +23,23 @@ def test_table_gives_each_arm_its_seeds_mean_std_and_range(load_script):
     ppo = rows[1].summary()
     assert ppo["mean"] == pytest.approx(4.0) and ppo["std"] == pytest.approx(statistics.stdev([3.0, 5.0]))
     assert (ppo["min"], ppo["max"], ppo["games"]) == (3.0, 5.0, 1.5)
-    assert "| ppo | 3.00 | 5.00 | 4.00 | 1.41 | 3.00-5.00 | 2 |" in table
+    assert "| ppo | 3.00 | 5.00 | 4.00 | 1.41 | 3.00-5.00 | 2 | - |" in table  # no reference arm here
     unfinished = parity.Run("ppo", 3, [(500, 1.0)])  # no game in the window yet: left out, games too
     _, rows = parity.parity_table(runs + [unfinished], parity.Window(0, 20))
     assert rows[1].summary()["games"] == 1.5 and rows[1].summary()["mean"] == pytest.approx(4.0)
+
+
+def test_permutation_p_counts_the_splits_as_extreme_as_the_arms(load_script):
+    parity = load_script("learning_parity")
+    # 20 ways to split six scores into three and three: only the arms' own split and its mirror are as extreme
+    assert parity.permutation_p([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(2 / 20)
+    assert parity.permutation_p([1.0, 2.0], [1.0, 2.0]) == 1.0
+    assert parity.permutation_p([1.0, 9.0, 5.0], [2.0, 8.0, 5.0]) == 1.0  # equal means: every split is as extreme
+    runs = [parity.Run("ppo-gymnasium", seed, [(10, float(v))]) for seed, v in ((1, 9), (2, 10), (3, 11))]
+    runs += [parity.Run("ppo", seed, [(10, float(v))]) for seed, v in ((1, 4), (2, 5), (3, 6))]
+    table, _ = parity.parity_table(runs, parity.Window(0, 20))
+    assert "| ppo | 4.00 | 5.00 | 6.00 | 5.00 | 1.00 | 4.00-6.00 | 1 | 0.100 |" in table
+    assert table.splitlines()[2].startswith("| arm |") and "p vs ppo-gymnasium" in table
 
 
 def test_runs_are_read_from_our_folders_cleanrl_logs_and_text_files(load_script, tmp_path):
