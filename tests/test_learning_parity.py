@@ -73,3 +73,16 @@ def test_bad_options_are_refused_in_one_line(load_script, capsys):
     with pytest.raises(SystemExit) as exit_info:
         parity.main(["--no-train", "--text-run", "cleanrl:one:path"])
     assert exit_info.value.code == 2 and "ARM:SEED:PATH" in capsys.readouterr().err
+
+
+def test_the_committed_parity_table_is_what_the_committed_runs_give(load_script, tmp_path):
+    """docs/learning_parity.md's table (docs/results/breakout-parity/table.json) is rebuilt from the committed
+    per-game text runs by the script, exactly."""
+    from pathlib import Path
+    parity = load_script("learning_parity")
+    folder = Path(__file__).resolve().parents[1] / "docs" / "results" / "breakout-parity"
+    runs = [f"{p.stem.rsplit('_seed', 1)[0]}:{p.stem.rsplit('_seed', 1)[1]}:{p}" for p in sorted(folder.glob("*.txt"))]
+    out = tmp_path / "table.json"
+    assert parity.main(["--out", str(tmp_path / "none"), "--no-train", "--json", str(out),
+                        *[arg for run in runs for arg in ("--text-run", run)]]) == 0
+    assert json.loads(out.read_text()) == json.loads((folder / "table.json").read_text())
