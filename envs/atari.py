@@ -198,8 +198,11 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         else:  # the same games as one vector env of num_envs (tested): env i is seeded seed + i either way
             env = EnvGroups([native(num_envs // groups, -(-num_threads // groups)) for _ in range(groups)])
     else:
-        life = "continue" if life_loss_continue else "restart" if (episodic_life or life_loss_restart) else None
-        fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, life, episodic_life, render,
+        if life_loss_continue:  # full games (evaluation) need no wrapper: nothing restarts a life
+            life = "continue" if episodic_life else None
+        else:
+            life = "restart" if (episodic_life or life_loss_restart) else None
+        fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, life, render,
                                  max_episode_frames, gray_first) for _ in range(num_envs)]
         env = GameEpisodeStatistics(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP))
     env.action_space.seed(seed)
@@ -244,10 +247,10 @@ def validate_flavour(game: AtariGame | str, mode: int | None, difficulty: int | 
 
 
 def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, mode: int | None,
-                      difficulty: int | None, life_loss: str | None, terminate_on_life_loss: bool, render: bool,
-                      max_episode_frames: int, gray_first: bool = False):
-    """``life_loss``: "restart" (CleanRL: EpisodicLifeEnv, which also terminates), "continue" (the native env's
-    way: :class:`LifeLossContinue`, terminating only with ``terminate_on_life_loss``) or None (full games)."""
+                      difficulty: int | None, life_loss: str | None, render: bool, max_episode_frames: int,
+                      gray_first: bool = False):
+    """``life_loss``: "restart" (CleanRL's EpisodicLifeEnv), "continue" (the native env's way:
+    :class:`LifeLossContinue`), both terminating at a life loss, or None (full games)."""
     from stable_baselines3.common.atari_wrappers import (EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv,
                                                          NoopResetEnv)
 
@@ -273,7 +276,7 @@ def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, m
         if not gray_first:
             env = luminance_grayscale(env)
         env = gym.wrappers.FrameStackObservation(env, 4)
-        if life_loss == "continue" and terminate_on_life_loss:
+        if life_loss == "continue":
             env = LifeLossContinue(env)
         return env
 

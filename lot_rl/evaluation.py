@@ -383,8 +383,9 @@ def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict
             "mode": settings.mode, "difficulty": settings.difficulty, "max_frames": settings.max_frames,
             "full_action_space": bool(config.get("full_action_space", False)), "full_games": True,
             # play lives as the policy learnt them: CleanRL's wrappers restart every life (hidden NOOP, FIRE); the
-            # native env only with --life-loss-restart; with --life-loss-continue they do not. Runs that name no env trained on the native env (the
-            # default before issue 18), those saved before the option existed without the restart.
+            # native env only with --life-loss-restart; with --life-loss-continue they do not. Runs that name no
+            # env trained on the native env (the default before issue 18), those saved before the option existed
+            # without the restart.
             "life_loss_restart": (trained_backend(config) == "gymnasium" and not config.get("life_loss_continue"))
                                  or bool(config.get("life_loss_restart", False)),
             "gray_first": bool(config.get("gray_first", False)),  # the pixels it learnt on (issue 18's arm)

@@ -35,7 +35,8 @@ import lot_rl.agents.ppo_lot_atari as agent_module
 from lot_rl.agents.ppo_lot_atari import Agent, Args, lot_ppo_loss, lr_factor, make_students
 from lot_rl.runtime import autocast_for, cpu_has_bf16_kernels, keep_freed_memory
 
-from benchmark_throughput import before_issue_15, relu_before_flatten_trunks  # noqa: E402 (scripts/ is on the path of a script run from it)
+# scripts/ is on the path of a script run from it
+from benchmark_throughput import before_issue_15, relu_before_flatten_trunks  # noqa: E402
 
 
 def steps(precision: str, num_students: int, batch: int = 256, compiled: bool = False):
@@ -75,20 +76,14 @@ def steps(precision: str, num_students: int, batch: int = 256, compiled: bool = 
 def cpu_seconds(work, repeats: int) -> tuple[float, float]:
     """(best, median) seconds of the calling thread's CPU time per call: with one torch thread, steady on a busy
     machine, where wall-clock time counts the other jobs' turns too."""
-    work()  # warm-up: oneDNN primitives, allocator
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        work()
-        times.append(time.thread_time() - start)
-    return min(times), statistics.median(times)
+    return interleaved_cpu_seconds({"work": work}, repeats)["work"]
 
 
 def interleaved_cpu_seconds(works: dict, repeats: int) -> dict[str, tuple[float, float]]:
     """:func:`cpu_seconds` of several works, their calls taken in turn so that a busy machine's slow spells fall on
     all of them alike."""
     for work in works.values():
-        work()
+        work()  # warm-up: oneDNN primitives, allocator
     times = {name: [] for name in works}
     for _ in range(repeats):
         for name, work in works.items():
