@@ -136,7 +136,7 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
                    render: bool = False, num_threads: int = 0,
                    max_episode_frames: int = MAX_EPISODE_FRAMES, groups: int = 1,
                    life_loss_restart: bool = False, life_loss_continue: bool = False,
-                   gray_first: bool = False) -> VectorEnv:
+                   gray_first: bool = False, native_game_start: bool = False) -> VectorEnv:
     """Build ``num_envs`` preprocessed Atari envs (see the module docstring), already validated.
 
     Args:
@@ -159,6 +159,9 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         gray_first: gymnasium backend only: the native env's pixels on CleanRL's wrappers: ALE's grayscale screen,
             max-pooled and resized (CleanRL max-pools and resizes RGB screens, then turns them gray; the two differ
             by rounding, at most one gray level), the arm of issue 18's experiment that moves only that.
+        native_game_start: gymnasium backend only: the native env's game start on CleanRL's wrappers
+            (:class:`NativeGameStart`: one FIRE frame, then 0-28 NOOP frames, three blank frames in the stack;
+            lives lost still restart as CleanRL's do), the arm of issue 18's experiment that moves only that.
     Reset the returned env with ``env.reset(seed=seed)``; ``seed`` here seeds action-space sampling.
     """
     game = parse_env_id(env_id)
@@ -179,6 +182,9 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
     require(not gray_first or (backend == "gymnasium" and not render), "--gray-first gives CleanRL's wrappers the "
             "native env's gray frames: use --env-backend gymnasium (the native env has them already) and no RGB "
             "rendering (videos)")
+    require(not native_game_start or backend == "gymnasium", "--native-game-start gives CleanRL's wrappers the "
+            "native env's game start, which the native env (--env-backend ale) has already: use --env-backend "
+            "gymnasium")
     if backend == "ale":
         fire = "FIRE" in _action_meanings(game.gymnasium_id, full_action_space)
 
@@ -203,7 +209,7 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         else:
             life = "restart" if (episodic_life or life_loss_restart) else None
         fns = [_gymnasium_env_fn(game, sticky, full_action_space, mode, difficulty, life, render,
-                                 max_episode_frames, gray_first) for _ in range(num_envs)]
+                                 max_episode_frames, gray_first, native_game_start) for _ in range(num_envs)]
         env = GameEpisodeStatistics(SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP))
     env.action_space.seed(seed)
     return env
@@ -248,9 +254,10 @@ def validate_flavour(game: AtariGame | str, mode: int | None, difficulty: int | 
 
 def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, mode: int | None,
                       difficulty: int | None, life_loss: str | None, render: bool, max_episode_frames: int,
-                      gray_first: bool = False):
+                      gray_first: bool = False, native_game_start: bool = False):
     """``life_loss``: "restart" (CleanRL's EpisodicLifeEnv), "continue" (the native env's way:
-    :class:`LifeLossContinue`), both terminating at a life loss, or None (full games)."""
+    :class:`LifeLossContinue`), both terminating at a life loss, or None (full games). ``native_game_start``:
+    :class:`NativeGameStart` instead of NoopResetEnv, and FIRE, RIGHT only when a life restarts."""
     from stable_baselines3.common.atari_wrappers import (EpisodicLifeEnv, FireResetEnv, MaxAndSkipEnv,
                                                          NoopResetEnv)
 
@@ -266,16 +273,20 @@ def _gymnasium_env_fn(game: AtariGame, sticky: float, full_action_space: bool, m
             kwargs["obs_type"] = "grayscale"  # ALE's own gray screen, as the native env reads it
         env = gym.make(game.gymnasium_id, render_mode="rgb_array" if render else None, **kwargs)
         env = gym.wrappers.RecordEpisodeStatistics(env)  # innermost: true game return over all lives
-        env = NoopResetEnv(env, noop_max=30)
+        start = env = NativeGameStart(env) if native_game_start else NoopResetEnv(env, noop_max=30)
         env = MaxAndSkipEnv(env, skip=4)
         if life_loss == "restart":
             env = EpisodicLifeEnv(env)
         if "FIRE" in env.unwrapped.get_action_meanings():
-            env = FireResetEnv(env)
+            if not native_game_start:
+                env = FireResetEnv(env)
+            elif life_loss == "restart":  # the native start pressed FIRE already: only lives restarted need it
+                env = LifeRestartFire(env, start)
         env = gym.wrappers.ResizeObservation(env, (84, 84))
         if not gray_first:
             env = luminance_grayscale(env)
-        env = gym.wrappers.FrameStackObservation(env, 4)
+        env = GameStartFrameStack(env, FRAME_STACK, start) if native_game_start else \
+            gym.wrappers.FrameStackObservation(env, FRAME_STACK)
         if life_loss == "continue":
             env = LifeLossContinue(env)
         return env
@@ -435,6 +446,75 @@ class LifeLossContinue(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
+class NativeGameStart(gym.Wrapper):
+    """ale-py's native vector env's game start on CleanRL's wrappers (issue 18's ``--native-game-start``).
+
+    Goes where NoopResetEnv goes (on single frames): a new game is one frame of FIRE (games with FIRE), then
+    0-28 NOOP frames, as the native env's reset does; NoopResetEnv's start is 1-30 NOOP frames, and
+    FireResetEnv then takes FIRE and RIGHT (4 frames each). ``fresh`` tells the wrappers outside that the
+    last reset started a game (:class:`LifeRestartFire`, :class:`GameStartFrameStack`).
+    """
+
+    def __init__(self, env: gym.Env, noop_max: int = 30):
+        super().__init__(env)
+        self.fire = "FIRE" in env.unwrapped.get_action_meanings()
+        self.noop_max = noop_max
+        self.override_num_noops: int | None = None  # tests choose the start
+        self.fresh = False
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        noops = self.override_num_noops
+        if noops is None:
+            noops = int(self.unwrapped.np_random.integers(0, self.noop_max - 1))
+        for action in [FIRE] * self.fire + [NOOP] * noops:
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self.fresh = True
+        return obs, info
+
+    def step(self, action):
+        self.fresh = False
+        return self.env.step(action)
+
+
+class LifeRestartFire(gym.Wrapper):
+    """FireResetEnv's FIRE and RIGHT after EpisodicLifeEnv restarts a life, but not at a game start
+    (:class:`NativeGameStart` pressed FIRE there already)."""
+
+    def __init__(self, env: gym.Env, start: NativeGameStart):
+        super().__init__(env)
+        self.start = start
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        if self.start.fresh:
+            return obs, info
+        for action in (FIRE, 2):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, {}
+
+
+class GameStartFrameStack(gym.wrappers.FrameStackObservation):
+    """A frame stack that starts a game as the native env does, three blank frames before the first screen,
+    and a restarted life as CleanRL's does, four copies of its first screen."""
+
+    def __init__(self, env: gym.Env, stack_size: int, start: NativeGameStart):
+        super().__init__(env, stack_size)
+        self.start = start
+
+    def reset(self, **kwargs):
+        obs, info = super().reset(**kwargs)
+        if not self.start.fresh:
+            return obs, info
+        for i in range(self.stack_size - 1):
+            self.obs_queue[i] = np.zeros_like(self.obs_queue[i])
+        return np.stack(self.obs_queue), info
+
+
 @lru_cache(maxsize=None)
 def _action_meanings(gymnasium_id: str, full_action_space: bool) -> tuple[str, ...]:
     env = gym.make(gymnasium_id, full_action_space=full_action_space)
@@ -481,7 +561,7 @@ def get_env_state(env: VectorEnv) -> list[dict[str, Any]] | None:
                                  "np_random": sub.unwrapped.np_random.bit_generator.state}
         for wrapper in _wrappers(sub):
             name = type(wrapper).__name__
-            if name == "FrameStackObservation":
+            if isinstance(wrapper, gym.wrappers.FrameStackObservation):
                 state["frames"] = torch.from_numpy(np.stack(wrapper.obs_queue))  # tensors: safe to torch.load
             elif name == "RecordEpisodeStatistics":
                 state["episode"] = (float(wrapper.episode_returns), int(wrapper.episode_lengths))
@@ -505,7 +585,7 @@ def set_env_state(env: VectorEnv, states: list[dict[str, Any]]) -> None:
         sub.unwrapped.np_random.bit_generator.state = state["np_random"]
         for wrapper in _wrappers(sub):
             name = type(wrapper).__name__
-            if name == "FrameStackObservation":
+            if isinstance(wrapper, gym.wrappers.FrameStackObservation):
                 wrapper.obs_queue.clear()
                 wrapper.obs_queue.extend(np.asarray(state["frames"]))
             elif name == "RecordEpisodeStatistics":

@@ -389,6 +389,7 @@ def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict
             "life_loss_restart": (trained_backend(config) == "gymnasium" and not config.get("life_loss_continue"))
                                  or bool(config.get("life_loss_restart", False)),
             "gray_first": bool(config.get("gray_first", False)),  # the pixels it learnt on (issue 18's arm)
+            "native_game_start": bool(config.get("native_game_start", False)),  # the game start it learnt from
             "frames_per_step": game.frames_per_step,
             # the env the run trained on unless told otherwise (runs that named none: the default, gymnasium)
             "backend": settings.backend or config.get("env_backend"), "device": settings.device}
@@ -406,7 +407,8 @@ def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, A
                    repeat_action_probability=resolved["sticky"], full_action_space=resolved["full_action_space"],
                    mode=resolved["mode"], difficulty=resolved["difficulty"], render=record,
                    max_episode_frames=resolved["max_frames"], life_loss_restart=resolved["life_loss_restart"],
-                   gray_first=resolved["gray_first"] and backend == "gymnasium" and not record)
+                   gray_first=resolved["gray_first"] and backend == "gymnasium" and not record,
+                   native_game_start=resolved["native_game_start"] and backend == "gymnasium")
     try:
         actions = int(env.single_action_space.n)
         require(actions == int(checkpoint["num_actions"]),

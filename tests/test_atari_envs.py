@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from lot_rl.envs.atari import (BACKENDS, get_env_state, make_atari_env, parse_env_id, set_env_state,
-                               validate_flavour)
+from lot_rl.envs.atari import (BACKENDS, NativeGameStart, _wrappers, get_env_state, make_atari_env,
+                               parse_env_id, set_env_state, validate_flavour)
 from lot_rl.checkpoint import load_checkpoint, save_checkpoint
 from lot_rl.errors import LoTUserError
 
@@ -77,6 +77,67 @@ def test_backends_build_the_same_spaces():
     a.close(), b.close()
 
 
+def _play_one_env(env, actions):
+    """Observations, rewards, terminations of a one-env vector env stepped with ``actions`` until its first game
+    ends (the next game's start is random in each env)."""
+    obs, _ = env.reset(seed=0)
+    frames, rewards, terminations = [obs[0]], [], []
+    for action in actions:
+        obs, reward, terminated, truncated, info = env.step(np.array([action]))
+        rewards.append(float(reward[0]))
+        terminations.append(bool(terminated[0]))
+        if info.get("_episode", [False])[0]:
+            return frames, rewards, terminations, float(info["episode"]["r"][0])
+        frames.append(obs[0])
+    raise AssertionError("the game did not end")
+
+
+def test_native_game_start_pixels_and_life_losses_on_cleanrls_wrappers_are_the_native_env():
+    """Issue 18's three arms together leave no difference: CleanRL's wrappers with the native env's game start
+    (--native-game-start: one FIRE frame, then 0-28 NOOP frames, three blank frames in the stack), its pixels
+    (--gray-first) and its life losses (--life-loss-continue) play a whole game of Breakout, 5 lives, frame for
+    frame, reward for reward and termination for termination as the native env does with the same actions."""
+    actions = np.random.default_rng(0).integers(0, 4, 2000)
+    native = make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale")
+    want = _play_one_env(native, actions)
+    native.close()
+    assert [int(frame.max()) for frame in want[0][0]][:3] == [0, 0, 0]  # the native start: a blank stack
+    assert sum(want[2]) == 5  # four lives lost, then the game over
+    matches = []
+    for noops in range(29):  # the native env's noops come from its own RNG: find the start it chose
+        env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend="gymnasium", gray_first=True,
+                             native_game_start=True, life_loss_continue=True)
+        next(w for w in _wrappers(env.env.envs[0]) if isinstance(w, NativeGameStart)).override_num_noops = noops
+        got = _play_one_env(env, actions)
+        env.close()
+        if np.array_equal(got[0][0], want[0][0]):
+            matches.append(noops)
+            assert len(got[0]) == len(want[0])
+            assert all(np.array_equal(a, b) for a, b in zip(got[0], want[0]))
+            assert got[1:] == want[1:]
+    assert len(matches) == 1
+
+
+def test_native_game_start_keeps_cleanrls_life_restarts():
+    """--native-game-start alone moves only the game start: after a life loss the wrappers still take NOOP, FIRE,
+    RIGHT and restart the stack with four copies of one frame; a new game starts on three blank frames."""
+    env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend="gymnasium", native_game_start=True)
+    obs, _ = env.reset(seed=1)
+    assert [int(frame.max()) for frame in obs[0][:3]] == [0, 0, 0] and obs[0][3].max() > 0
+    rng = np.random.default_rng(1)
+    lives = games = 0
+    while games < 1:
+        obs, reward, terminated, truncated, info = env.step(rng.integers(0, 4, 1))
+        if info.get("_episode", [False])[0]:
+            games += 1
+            assert [int(frame.max()) for frame in obs[0][:3]] == [0, 0, 0]
+        elif terminated[0]:
+            lives += 1
+            assert all(np.array_equal(obs[0][i], obs[0][3]) for i in range(3)) and obs[0][3].max() > 0
+    assert lives == 4
+    env.close()
+
+
 def test_gray_first_gives_cleanrls_wrappers_the_native_envs_pixels():
     """Issue 18's --gray-first arm: on Breakout's start screen the score, walls and bricks (the top 50 of 84 rows;
     below, the ball and paddle are where each env's own start put them) are the native env's pixel for pixel;
@@ -118,6 +179,8 @@ def test_bad_env_options():
         make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale", life_loss_continue=True)
     with pytest.raises(LoTUserError, match="--gray-first .* use --env-backend gymnasium"):
         make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale", gray_first=True)
+    with pytest.raises(LoTUserError, match="--native-game-start .* use --env-backend gymnasium"):
+        make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale", native_game_start=True)
     with pytest.raises(LoTUserError, match="--life-loss-restart and --life-loss-continue are opposites"):
         make_atari_env("BreakoutNoFrameskip-v4", 1, life_loss_restart=True, life_loss_continue=True)
 

@@ -114,6 +114,9 @@ def test_frames_draw_each_channel_in_its_colour():
     (dict(backend="gymnasium"), "env backend 'gymnasium' is an Atari option"),
     (dict(mode=1), "--mode/--difficulty are Atari options"),
     (dict(num_threads=2), "--env-threads is an Atari option"),
+    (dict(life_loss_continue=True), "--life-loss-continue is an Atari option"),
+    (dict(gray_first=True), "--gray-first is an Atari option"),
+    (dict(native_game_start=True), "--native-game-start is an Atari option"),
 ])
 def test_atari_only_options_are_refused(options, message):
     with pytest.raises(LoTUserError, match=message):

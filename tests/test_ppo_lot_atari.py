@@ -674,6 +674,25 @@ def test_life_loss_continue_trains_on_cleanrls_wrappers_with_the_native_envs_lif
     assert "use --env-backend gymnasium" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
+def test_native_game_start_trains_and_evaluates_on_the_game_start_it_learnt(tmp_path, monkeypatch):
+    """Issue 18's --native-game-start end to end: the run's envs start games as the native env does and restart
+    lives as CleanRL's wrappers do; the saved config names the option and lot-rl eval plays with it."""
+    from lot_rl.envs.atari import GameStartFrameStack, LifeRestartFire, NativeGameStart, _wrappers
+    from lot_rl.evaluation import EvalSettings, load_train_checkpoint, resolve_settings
+    built = []
+    real_make_env = lot.make_env
+    monkeypatch.setattr(lot, "make_env", lambda *a, **kw: built.append(real_make_env(*a, **kw)) or built[-1])
+    tiny = dict(total_timesteps=256, num_envs=2, num_steps=128, num_minibatches=1, update_epochs=1,
+                run_dir=str(tmp_path), threads=1, native_game_start=True, env_backend="gymnasium")
+    run_dir = lot.train(cfg_lib.resolve(lot.Args, tiny, lot.PRESETS, "ppo"))
+    kinds = {type(w) for w in _wrappers(built[0].env.envs[0])}
+    assert {GameStartFrameStack, LifeRestartFire, NativeGameStart} <= kinds
+    assert not {"NoopResetEnv", "FireResetEnv"} & {kind.__name__ for kind in kinds}
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["native_game_start"] is True
+    resolved = resolve_settings(load_train_checkpoint(run_dir), EvalSettings(episodes=1))
+    assert resolved["native_game_start"] is True and resolved["life_loss_restart"] is True
+
+
 def test_frames_scaled_under_bf16_autocast_are_what_autocast_made_of_fp32_frames():
     """scale_frames goes straight to bf16 under autocast: for every uint8 value, the bf16 that autocast's cast of
     the fp32 quotient gives; outside autocast, x / 255.0 in fp32."""
