@@ -35,6 +35,12 @@ Two backends build the same pipeline:
   learning gap to the wrappers (issue 18, docs/learning_parity.md), whose cause is not found.
   Tested in ``tests/test_atari_envs.py``. Its grayscale and resize run in the other order (gray, then
   resize) than CleanRL's, so pixels differ by rounding (at most one gray level).
+
+The native env differs from the wrappers in three things, each of which the wrappers can take on for issue 18's
+experiment: its life losses (``life_loss_continue``), its pixels (``gray_first``) and its game start
+(``native_game_start``: one FIRE frame, 0-28 NOOP frames, a blank-padded stack). With all three the wrappers play a
+whole Breakout game frame for frame, reward for reward, as the native env does (tested); only the random number
+of NOOPs at each game start comes from another generator.
 """
 
 from __future__ import annotations
