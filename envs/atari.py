@@ -32,7 +32,7 @@ Two backends build the same pipeline:
   loss, lives back to 5) and one env of the vector cannot be stepped alone, so ``life_loss_restart``
   (:class:`LifeLossRestart`, ``lot-rl train --life-loss-restart``) forces those actions in the env's next
   steps, marks them for the learner to leave out of its loss, and restarts the stack. It did not close the
-  learning gap to the wrappers (issue 18, docs/learning_parity.md), whose cause is not found.
+  learning gap to the wrappers (issue 18, docs/learning_parity.md), which lies in the native env's games (below).
   Tested in ``tests/test_atari_envs.py``. Its grayscale and resize run in the other order (gray, then
   resize) than CleanRL's, so pixels differ by rounding (at most one gray level).
 
