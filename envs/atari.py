@@ -473,10 +473,7 @@ class NativeGameStart(gym.Wrapper):
         noops = self.override_num_noops
         if noops is None:
             noops = int(self.unwrapped.np_random.integers(0, self.noop_max - 1))
-        for action in [FIRE] * self.fire + [NOOP] * noops:
-            obs, _, terminated, truncated, info = self.env.step(action)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
+        obs, info = _take_actions(self.env, [FIRE] * self.fire + [NOOP] * noops, obs, info, kwargs)
         self.fresh = True
         return obs, info
 
@@ -497,11 +494,16 @@ class LifeRestartFire(gym.Wrapper):
         obs, info = self.env.reset(**kwargs)
         if self.start.fresh:
             return obs, info
-        for action in (FIRE, 2):
-            obs, _, terminated, truncated, info = self.env.step(action)
-            if terminated or truncated:
-                obs, info = self.env.reset(**kwargs)
-        return obs, {}
+        return _take_actions(self.env, (FIRE, 2), obs, info, kwargs)[0], {}  # FireResetEnv's actions and info
+
+
+def _take_actions(env: gym.Env, actions, obs, info, reset_kwargs: dict[str, Any]):
+    """Step ``env`` with ``actions`` inside a reset (resetting again if one ends the game); the last obs, info."""
+    for action in actions:
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            obs, info = env.reset(**reset_kwargs)
+    return obs, info
 
 
 class GameStartFrameStack(gym.wrappers.FrameStackObservation):
