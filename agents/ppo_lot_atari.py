@@ -103,6 +103,10 @@ class Args(TrackingOptions):  # --track, --wandb-project, ... (lot_rl.tracking) 
         False, "Atari, gymnasium backend: the native env's game start on CleanRL's wrappers (one FIRE frame, then "
         "0-28 NOOP frames, three blank frames in the stack; CleanRL: 1-30 NOOP frames, then FIRE and RIGHT), for "
         "issue 18's experiment (docs/learning_parity.md)")
+    cleanrl_game_start: bool = cfg_lib.option(
+        False, "Atari, native backend: start each game as CleanRL's wrappers do (NOOP frames, then FIRE and RIGHT as "
+        "forced steps left out of the loss, a fresh frame stack; the native env presses FIRE on the first frame); "
+        "with --life-loss-restart the native env plays CleanRL's games (docs/learning_parity.md)")
     env_groups: int = cfg_lib.option(1, "native Atari env only: step the envs in this many groups, the network "
                                      "acting for one group while the others' games run (2 hides the emulator on "
                                      "machines with cores to spare; same data per update)")
@@ -241,7 +245,7 @@ OPTION_GROUPS = {**{n: "experiment" for n in ("exp_name", "seed", "torch_determi
                  **{n: "environment" for n in ("env_id", "env_backend", "num_envs", "repeat_action_probability",
                                                 "full_action_space", "env_threads", "env_groups",
                                                 "max_episode_frames", "life_loss_restart", "life_loss_continue",
-                                                "gray_first", "native_game_start")},
+                                                "gray_first", "native_game_start", "cleanrl_game_start")},
                  **{n: "LoT" for n in ("alpha", "num_students", "student_weights", "student_steps_ratio",
                                         "obs_num", "cache_mode", "temperature", "detach", "lot_start",
                                         "student_arch", "student_lr", "student_weight_decay",
@@ -584,7 +588,8 @@ def train(args: Args, resume: str | Path | None = None, max_updates: int | None 
                     full_action_space=args.full_action_space, num_threads=args.env_threads,
                     max_episode_frames=args.max_episode_frames, video_frames=args.capture_video,
                     life_loss_restart=args.life_loss_restart, life_loss_continue=args.life_loss_continue,
-                    gray_first=args.gray_first, native_game_start=args.native_game_start, groups=args.env_groups)
+                    gray_first=args.gray_first, native_game_start=args.native_game_start,
+                    cleanrl_game_start=args.cleanrl_game_start, groups=args.env_groups)
     num_actions = int(envs.single_action_space.n)
     obs_shape = envs.single_observation_space.shape  # the networks follow it: Atari frames or MinAtar grids
     if checkpoint is not None:

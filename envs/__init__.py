@@ -56,7 +56,7 @@ def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = 
              mode: int | None = None, difficulty: int | None = None, render: bool = False, num_threads: int = 0,
              max_episode_frames: int | None = None, video_frames: bool = False, groups: int = 1,
              life_loss_restart: bool = False, life_loss_continue: bool = False, gray_first: bool = False,
-             native_game_start: bool = False) -> VectorEnv:
+             native_game_start: bool = False, cleanrl_game_start: bool = False) -> VectorEnv:
     """The vector env of any lot_rl env id.
 
     Args:
@@ -74,6 +74,7 @@ def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = 
             opposite of ``life_loss_restart``; see :func:`lot_rl.envs.atari.make_atari_env`).
         gray_first: Atari, gymnasium backend: the native env's gray frames on CleanRL's wrappers (same place).
         native_game_start: Atari, gymnasium backend: the native env's game start on CleanRL's wrappers (same place).
+        cleanrl_game_start: Atari, native backend: CleanRL's game start on the native env (same place).
         video_frames: keep the games' pictures for :func:`video_frame` without changing the backend (``render``
             moves Atari to the gymnasium backend): the gymnasium backend then keeps its RGB screens; the native
             Atari backend has none, and MinAtar always draws its own.
@@ -86,7 +87,7 @@ def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = 
             difficulty=difficulty, render=render or (video_frames and backend == "gymnasium"), num_threads=num_threads,
             max_episode_frames=max_episode_frames or atari.MAX_EPISODE_FRAMES, groups=groups,
             life_loss_restart=life_loss_restart, life_loss_continue=life_loss_continue, gray_first=gray_first,
-            native_game_start=native_game_start)
+            native_game_start=native_game_start, cleanrl_game_start=cleanrl_game_start)
     game = minatar.parse_env_id(env_id)
     game.choose_backend(backend)
     game.validate_flavour(mode, difficulty)
@@ -95,8 +96,8 @@ def make_env(env_id: str, num_envs: int = 8, seed: int = 1, *, training: bool = 
     require(num_threads == 0, f"--env-threads is an Atari option; {env_id} steps its games in one loop")
     require(groups == 1, f"--env-groups is an Atari option; {env_id} steps its games in one loop")
     for flag, value in (("--life-loss-continue", life_loss_continue), ("--gray-first", gray_first),
-                        ("--native-game-start", native_game_start)):
-        require(not value, f"{flag} is an Atari option (CleanRL's wrappers made like the native Atari env); "
+                        ("--native-game-start", native_game_start), ("--cleanrl-game-start", cleanrl_game_start)):
+        require(not value, f"{flag} is an Atari option (how its games and lives start, or its pixels); "
                            f"{env_id} is a MinAtar game")
     return minatar.make_minatar_env(env_id, num_envs, seed, repeat_action_probability=repeat_action_probability,
                                     max_episode_frames=max_episode_frames)

@@ -30,7 +30,7 @@ Two backends build the same pipeline:
   emulator frames the agent never sees) and restart the stack with four copies of the frame after them.
   ale-py 0.12's options cannot do the same (``episodic_life=True`` restarts the whole game at every life
   loss, lives back to 5) and one env of the vector cannot be stepped alone, so ``life_loss_restart``
-  (:class:`LifeLossRestart`, ``lot-rl train --life-loss-restart``) forces those actions in the env's next
+  (:class:`CleanRLRestarts`, ``lot-rl train --life-loss-restart``) forces those actions in the env's next
   steps, marks them for the learner to leave out of its loss, and restarts the stack. It did not close the
   learning gap to the wrappers (issue 18, docs/learning_parity.md), which lies in the native env's games (below).
   Tested in ``tests/test_atari_envs.py``. Its grayscale and resize run in the other order (gray, then
@@ -142,7 +142,8 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
                    render: bool = False, num_threads: int = 0,
                    max_episode_frames: int = MAX_EPISODE_FRAMES, groups: int = 1,
                    life_loss_restart: bool = False, life_loss_continue: bool = False,
-                   gray_first: bool = False, native_game_start: bool = False) -> VectorEnv:
+                   gray_first: bool = False, native_game_start: bool = False,
+                   cleanrl_game_start: bool = False) -> VectorEnv:
     """Build ``num_envs`` preprocessed Atari envs (see the module docstring), already validated.
 
     Args:
@@ -155,7 +156,7 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
             one group's games run in the emulator while the network acts for another (``interleaved_steps``).
             ``num_threads`` is then split between the groups.
         life_loss_restart: restart each life as CleanRL's wrappers do: on the native backend with
-            :class:`LifeLossRestart`; on the gymnasium backend with their EpisodicLifeEnv + FireResetEnv, which it
+            :class:`CleanRLRestarts`; on the gymnasium backend with their EpisodicLifeEnv + FireResetEnv, which it
             always has in training (``episodic_life``) and then also has playing full games (evaluating a run that
             learned its lives that way). The true game's statistics count whole games either way.
         life_loss_continue: the other way round, gymnasium backend only: CleanRL's wrappers with the native env's
@@ -168,6 +169,10 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
         native_game_start: gymnasium backend only: the native env's game start on CleanRL's wrappers
             (:class:`NativeGameStart`: one FIRE frame, then 0-28 NOOP frames, three blank frames in the stack;
             lives lost still restart as CleanRL's do), the arm of issue 18's experiment that moves only that.
+        cleanrl_game_start: native backend only: start each game as CleanRL's wrappers do (:class:`CleanRLRestarts`:
+            0-28 NOOP frames, then FIRE and RIGHT as forced steps, and a stack of four copies of the frame after
+            them; the native env presses FIRE on the first frame, before its NOOPs). With ``life_loss_restart``
+            the native env plays CleanRL's games (tested), at the native env's speed.
     Reset the returned env with ``env.reset(seed=seed)``; ``seed`` here seeds action-space sampling.
     """
     game = parse_env_id(env_id)
@@ -191,19 +196,25 @@ def make_atari_env(env_id: str, num_envs: int = 8, seed: int = 1, *, backend: st
     require(not native_game_start or backend == "gymnasium", "--native-game-start gives CleanRL's wrappers the "
             "native env's game start, which the native env (--env-backend ale) has already: use --env-backend "
             "gymnasium")
+    require(not cleanrl_game_start or backend == "ale", "--cleanrl-game-start gives the native env CleanRL's game "
+            "start, which CleanRL's wrappers (--env-backend gymnasium) have already: use --env-backend ale")
     if backend == "ale":
         fire = "FIRE" in _action_meanings(game.gymnasium_id, full_action_space)
+        restarts = life_loss_restart or cleanrl_game_start
 
         def native(size: int, threads: int) -> VectorEnv:
             env = ale_py.vector_env.AtariVectorEnv(
                 game.rom, size, num_threads=threads, autoreset_mode=AutoresetMode.SAME_STEP,
                 repeat_action_probability=sticky, full_action_space=full_action_space,
-                noop_max=30, frameskip=4, maxpool=True, stack_num=1 if life_loss_restart else FRAME_STACK,
-                img_height=84, img_width=84, grayscale=True, use_fire_reset=True, reward_clipping=False,
+                noop_max=30, frameskip=4, maxpool=True, stack_num=1 if restarts else FRAME_STACK,
+                img_height=84, img_width=84, grayscale=True, use_fire_reset=not cleanrl_game_start,
+                reward_clipping=False,
                 episodic_life=False, life_loss_info=episodic_life,  # episodic_life=True would reset the game
                 max_num_frames_per_episode=max_episode_frames)
             env = AleEpisodeStatistics(env, frame_skip=4, max_frames=max_episode_frames)
-            return LifeLossRestart(env, fire=fire) if life_loss_restart else env
+            if not restarts:
+                return env
+            return CleanRLRestarts(env, fire=fire, lives=life_loss_restart, games=cleanrl_game_start)
 
         if groups == 1:
             env = native(num_envs, num_threads)
@@ -366,24 +377,31 @@ class AleEpisodeStatistics(VectorWrapper):
         return obs, reward.astype(np.float32), terminated, truncated, info
 
 
-class LifeLossRestart(VectorWrapper):
-    """Restart each life of ale-py's native vector env as CleanRL's EpisodicLifeEnv + FireResetEnv do.
+class CleanRLRestarts(VectorWrapper):
+    """Restart lives and/or games of ale-py's native vector env as CleanRL's wrappers do.
 
-    After a life loss CleanRL's wrappers take NOOP, then FIRE and action 2 (in games with FIRE) inside their
-    reset, where the agent never acts, and restart the frame stack with four copies of the frame after them.
+    Lives (``lives``): after a life loss CleanRL's EpisodicLifeEnv + FireResetEnv take NOOP, then FIRE and action 2
+    (in games with FIRE) inside their reset, where the agent never acts, and restart the frame stack with four
+    copies of the frame after them. Games (``games``): NoopResetEnv's NOOP frames, then FireResetEnv's FIRE and
+    action 2 (the native env, built with ``use_fire_reset=False``, takes the NOOP frames in its reset), and the
+    same restarted stack; the native env's own start presses FIRE on the game's first frame, before its NOOPs.
     The native env cannot step one env alone, so here those actions replace the agent's in the next steps of
     that env and ``info["forced"]`` marks them: the learner leaves those steps out of its loss (they are not
     its decisions), so it learns from the same decisions as with CleanRL's wrappers, at the cost of the
-    forced steps' agent steps (3 per life in games with FIRE, 1 in others). The stack is restarted after the
-    last forced step, and at every new game (the native env starts games with three blank frames instead).
-    Wraps a native env built with ``stack_num=1`` and stacks the frames itself. Life losses are read from
-    ``info["lives"]``, so this works for full-game evaluation (no termination at life losses) too: the
+    forced steps' agent steps (3 per life and 2 per game in games with FIRE, 1 per life in others). The stack is
+    restarted after the last forced step, and at every new game (the native env starts games with three blank
+    frames instead). Wraps a native env built with ``stack_num=1`` and stacks the frames itself. Life losses are
+    read from ``info["lives"]``, so this works for full-game evaluation (no termination at life losses) too: the
     agent then also never has to press FIRE to relaunch the ball, as it never had to in training.
     """
 
-    def __init__(self, env: VectorEnv, fire: bool, stack: int = FRAME_STACK):
+    def __init__(self, env: VectorEnv, fire: bool, stack: int = FRAME_STACK, lives: bool = True,
+                 games: bool = False):
         super().__init__(env)
-        self._plan = np.array([NOOP, FIRE, 2] if fire else [NOOP], dtype=np.int64)
+        self._life_plan = ([NOOP, FIRE, 2] if fire else [NOOP]) if lives else []
+        self._game_plan = [FIRE, 2] if fire and games else []
+        # one plan per env at a time: the actions still to force are the last `pending` of that env's plan
+        self._plans = np.zeros((self.num_envs, 3), dtype=np.int64)
         frame = env.single_observation_space.shape[1:]
         self.single_observation_space = gym.spaces.Box(0, 255, (stack, *frame), np.uint8)
         self.observation_space = gym.spaces.Box(0, 255, (self.num_envs, stack, *frame), np.uint8)
@@ -391,26 +409,30 @@ class LifeLossRestart(VectorWrapper):
         self._pending = np.zeros(self.num_envs, np.int64)  # forced steps still to take, per env
         self._lives = np.zeros(self.num_envs, np.int64)
 
+    def _plan(self, mask: np.ndarray, plan: list[int]) -> None:
+        self._plans[mask, 3 - len(plan):] = plan
+        self._pending[mask] = len(plan)
+
     def reset(self, *, seed=None, options=None):
         obs, info = self.env.reset(seed=seed, options=options)
         mask = np.ones(self.num_envs, bool) if not options or "reset_mask" not in options else options["reset_mask"]
         self._stack[mask] = obs[mask]  # broadcast: the frame, `stack` times
-        self._pending[mask] = 0
+        self._plan(mask, self._game_plan)
         self._lives[mask] = info["lives"][mask]
         return self._stack.copy(), info
 
     def step(self, actions):
         actions = np.array(actions, dtype=np.int64)
         forced = self._pending > 0
-        actions[forced] = self._plan[len(self._plan) - self._pending[forced]]
+        actions[forced] = self._plans[forced, 3 - self._pending[forced]]
         obs, reward, terminated, truncated, info = self.env.step(actions)
         lives = info["lives"].astype(np.int64)
         new_game = (terminated | truncated) & (lives >= self._lives)  # the env started the next game itself
         life_lost = (lives < self._lives) & ~new_game
         self._pending[forced] -= 1
         restart = new_game | (forced & (self._pending == 0) & ~life_lost)
-        self._pending[new_game] = 0
-        self._pending[life_lost] = len(self._plan)
+        self._plan(new_game, self._game_plan)
+        self._plan(life_lost, self._life_plan)
         self._lives = lives
         self._stack[:, :-1] = self._stack[:, 1:]
         self._stack[:, -1] = obs[:, 0]

@@ -390,6 +390,7 @@ def resolve_settings(checkpoint: dict[str, Any], settings: EvalSettings) -> dict
                                  or bool(config.get("life_loss_restart", False)),
             "gray_first": bool(config.get("gray_first", False)),  # the pixels it learnt on (issue 18's arm)
             "native_game_start": bool(config.get("native_game_start", False)),  # the game start it learnt from
+            "cleanrl_game_start": bool(config.get("cleanrl_game_start", False)),
             "frames_per_step": game.frames_per_step,
             # the env the run trained on unless told otherwise (runs that named none: the default, gymnasium)
             "backend": settings.backend or config.get("env_backend"), "device": settings.device}
@@ -408,7 +409,8 @@ def _evaluate_one(checkpoint: dict[str, Any], policy: str, resolved: dict[str, A
                    mode=resolved["mode"], difficulty=resolved["difficulty"], render=record,
                    max_episode_frames=resolved["max_frames"], life_loss_restart=resolved["life_loss_restart"],
                    gray_first=resolved["gray_first"] and backend == "gymnasium" and not record,
-                   native_game_start=resolved["native_game_start"] and backend == "gymnasium")
+                   native_game_start=resolved["native_game_start"] and backend == "gymnasium",
+                   cleanrl_game_start=resolved["cleanrl_game_start"] and backend == "ale")
     try:
         actions = int(env.single_action_space.n)
         require(actions == int(checkpoint["num_actions"]),

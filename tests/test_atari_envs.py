@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from stable_baselines3.common.atari_wrappers import NoopResetEnv
 
 from lot_rl.envs.atari import (BACKENDS, NativeGameStart, _wrappers, get_env_state, make_atari_env,
                                parse_env_id, set_env_state, validate_flavour)
@@ -118,6 +119,60 @@ def test_native_game_start_pixels_and_life_losses_on_cleanrls_wrappers_are_the_n
     assert len(matches) == 1
 
 
+def _agent_view(env, actions, obs):
+    """What the agent sees of a one-env vector env's first game stepped with ``actions`` after the reset that
+    returned ``obs``: the observations it decides on, the rewards and terminations of its own steps, the game's
+    return; and where the env forced steps (``info["forced"]``: they take no action from ``actions`` and the
+    learner leaves them out)."""
+    frames, rewards, terminations, forced_steps = [], [], [], []
+    actions = iter(actions)
+    action = next(actions)
+    while True:
+        next_obs, reward, terminated, truncated, info = env.step(np.array([action]))
+        if info.get("forced", [False])[0]:
+            forced_steps.append(len(frames))
+        else:
+            frames.append(obs[0])
+            rewards.append(float(reward[0]))
+            terminations.append(bool(terminated[0]))
+            action = next(actions)
+        obs = next_obs
+        if info.get("_episode", [False])[0]:
+            return frames, rewards, terminations, float(info["episode"]["r"][0]), forced_steps
+
+
+def test_cleanrl_game_start_and_life_restarts_on_the_native_env_are_cleanrls_games():
+    """The other way round (issue 18's fix): the native env with CleanRL's game start (--cleanrl-game-start: NOOP
+    frames, then FIRE and RIGHT as forced steps, a fresh stack) and CleanRL's life restarts (--life-loss-restart)
+    gives the agent, at every one of its own steps in a whole game of Breakout, the observation, reward and
+    termination that CleanRL's wrappers (with the native env's gray-first pixels) give it for the same actions."""
+    actions = np.random.default_rng(2).integers(0, 4, 3000)
+    native = make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale", life_loss_restart=True,
+                            cleanrl_game_start=True)
+    want = _agent_view(native, actions, native.reset(seed=0)[0])
+    native.close()
+    assert sum(want[2]) == 5 and want[3] >= 2  # a whole game with points scored
+    steps_per_life = np.diff([0] + [i + 1 for i, t in enumerate(want[2]) if t])
+    assert want[4][:2] == [0, 0]  # FIRE, RIGHT forced before the agent's first step
+    assert len(want[4]) == 2 + 3 * 4  # and NOOP, FIRE, RIGHT after each of the 4 lives lost before the last
+    assert all(steps_per_life > 0)
+    for noops in range(1, 31):  # the native env's NOOPs come from its own RNG: find a start that matches
+        env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend="gymnasium", gray_first=True)
+        next(w for w in _wrappers(env.env.envs[0]) if isinstance(w, NoopResetEnv)).override_num_noops = noops
+        obs, _ = env.reset(seed=0)  # one reset only: FireResetEnv's steps make a second one a life's restart
+        if np.array_equal(obs[0], want[0][0]):
+            break
+        env.close()
+    else:
+        raise AssertionError("no CleanRL start matches the native env's")
+    got = _agent_view(env, actions, obs)
+    env.close()
+    assert got[4] == []  # CleanRL's hidden steps are inside its resets
+    assert len(got[0]) == len(want[0])
+    assert all(np.array_equal(a, b) for a, b in zip(got[0], want[0]))
+    assert got[1:4] == want[1:4]
+
+
 def test_native_game_start_keeps_cleanrls_life_restarts():
     """--native-game-start alone moves only the game start: after a life loss the wrappers still take NOOP, FIRE,
     RIGHT and restart the stack with four copies of one frame; a new game starts on three blank frames."""
@@ -136,6 +191,39 @@ def test_native_game_start_keeps_cleanrls_life_restarts():
             assert all(np.array_equal(obs[0][i], obs[0][3]) for i in range(3)) and obs[0][3].max() > 0
     assert lives == 4
     env.close()
+
+
+BREAKOUT_BALL_X, BREAKOUT_BALL_Y = 99, 101  # RAM addresses of the ball's position
+
+
+def _first_balls(native_game_start: bool, noop_counts) -> list[tuple[int, int]]:
+    """Where the ball is in the first observation of Breakout games started with each of ``noop_counts``
+    NOOP frames."""
+    env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend="gymnasium", native_game_start=native_game_start,
+                         episodic_life=False)  # every reset a new game
+    start = next(w for w in _wrappers(env.env.envs[0]) if isinstance(w, (NoopResetEnv, NativeGameStart)))
+    balls = []
+    for i, noops in enumerate(noop_counts):
+        start.override_num_noops = noops
+        env.reset(seed=0 if i == 0 else None)
+        ram = env.env.envs[0].unwrapped.ale.getRAM()
+        balls.append((int(ram[BREAKOUT_BALL_X]), int(ram[BREAKOUT_BALL_Y])))
+    env.close()
+    return balls
+
+
+def test_how_each_game_start_serves_the_first_ball_on_breakout():
+    """The mechanism behind issue 18's game-start arm. CleanRL's start (1-30 NOOP frames, then FIRE) serves the
+    ball from one of four places, chosen by the NOOP count, and the agent first sees it at the same height every
+    game. The native env's start (FIRE on the first frame, then 0-28 NOOP frames) serves every game's first ball
+    the same way, and the agent first sees it 0-28 frames further along that one path, nearer the paddle."""
+    cleanrl = _first_balls(False, range(1, 31))
+    assert {y for _, y in cleanrl} == {120}
+    assert len({x for x, _ in cleanrl}) == 4
+    assert all(cleanrl[i] == cleanrl[i + 4] for i in range(26))  # the serve cycles with the NOOP count
+    native = _first_balls(True, range(29))
+    assert len({x + y for x, y in native}) == 1  # one diagonal path: one serve
+    assert [y - native[0][1] for _, y in native] == list(range(29))  # seen one frame further per NOOP
 
 
 def test_gray_first_gives_cleanrls_wrappers_the_native_envs_pixels():
@@ -181,6 +269,8 @@ def test_bad_env_options():
         make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale", gray_first=True)
     with pytest.raises(LoTUserError, match="--native-game-start .* use --env-backend gymnasium"):
         make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale", native_game_start=True)
+    with pytest.raises(LoTUserError, match="--cleanrl-game-start .* use --env-backend ale"):
+        make_atari_env("BreakoutNoFrameskip-v4", 1, backend="gymnasium", cleanrl_game_start=True)
     with pytest.raises(LoTUserError, match="--life-loss-restart and --life-loss-continue are opposites"):
         make_atari_env("BreakoutNoFrameskip-v4", 1, life_loss_restart=True, life_loss_continue=True)
 

@@ -117,6 +117,7 @@ def test_frames_draw_each_channel_in_its_colour():
     (dict(life_loss_continue=True), "--life-loss-continue is an Atari option"),
     (dict(gray_first=True), "--gray-first is an Atari option"),
     (dict(native_game_start=True), "--native-game-start is an Atari option"),
+    (dict(cleanrl_game_start=True), "--cleanrl-game-start is an Atari option"),
 ])
 def test_atari_only_options_are_refused(options, message):
     with pytest.raises(LoTUserError, match=message):

@@ -693,6 +693,31 @@ def test_native_game_start_trains_and_evaluates_on_the_game_start_it_learnt(tmp_
     assert resolved["native_game_start"] is True and resolved["life_loss_restart"] is True
 
 
+def test_cleanrl_game_start_trains_on_cleanrls_games_on_the_native_env(tmp_path, monkeypatch):
+    """Issue 18's fix end to end: on the native env with --cleanrl-game-start and --life-loss-restart, each env's
+    first two steps of a game are forced (FIRE, RIGHT) and left out of the loss, the saved config names the
+    option and lot-rl eval plays with it; the wrappers refuse it (they start games that way already)."""
+    from lot_rl.envs.atari import CleanRLRestarts
+    from lot_rl.evaluation import EvalSettings, load_train_checkpoint, resolve_settings
+    built, masks = [], []
+    real_make_env, real_lot_ppo_loss = lot.make_env, lot.lot_ppo_loss
+    monkeypatch.setattr(lot, "make_env", lambda *a, **kw: built.append(real_make_env(*a, **kw)) or built[-1])
+    monkeypatch.setattr(lot, "lot_ppo_loss", lambda *a, mask=None, **kw: masks.append(mask) or real_lot_ppo_loss(
+        *a, mask=mask, **kw))
+    tiny = dict(total_timesteps=256, num_envs=2, num_steps=128, num_minibatches=1, update_epochs=1,
+                run_dir=str(tmp_path), threads=1, life_loss_restart=True, cleanrl_game_start=True,
+                env_backend="ale")
+    run_dir = lot.train(cfg_lib.resolve(lot.Args, tiny, lot.PRESETS, "ppo"))
+    assert isinstance(built[0], CleanRLRestarts) and built[0]._game_plan == [1, 2]
+    assert len(masks) == 1 and masks[0] is not None and int((masks[0] == 0).sum()) >= 2 * 2  # 2 per env's game
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["cleanrl_game_start"] is True
+    resolved = resolve_settings(load_train_checkpoint(run_dir), EvalSettings(episodes=1))
+    assert resolved["cleanrl_game_start"] is True and resolved["life_loss_restart"] is True
+    with pytest.raises(LoTUserError, match="--cleanrl-game-start .* use --env-backend ale"):
+        lot.train(cfg_lib.resolve(lot.Args, dict(tiny, env_backend="gymnasium", life_loss_restart=False,
+                                                 run_dir=str(tmp_path / "bad")), lot.PRESETS, "ppo"))
+
+
 def test_frames_scaled_under_bf16_autocast_are_what_autocast_made_of_fp32_frames():
     """scale_frames goes straight to bf16 under autocast: for every uint8 value, the bf16 that autocast's cast of
     the fp32 quotient gives; outside autocast, x / 255.0 in fp32."""
