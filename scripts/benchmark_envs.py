@@ -1,4 +1,4 @@
-"""Env steps/s of the Atari backends side by side, in one run: what the life-loss restart costs (issue 18).
+"""Env steps/s of the Atari backends side by side, in one run: what CleanRL's restarts cost the native env.
 
 Steps ``--num-envs`` Breakout envs with uniformly random actions (no network: the emulator and the
 preprocessing alone) through ``lot_rl.envs.make_env`` for each configuration, in turn, ``--rounds`` times
@@ -19,6 +19,8 @@ from benchmark_minatar import env_steps_per_second  # scripts/ is on the path of
 CONFIGS = {  # name -> make_env options
     "native (--env-backend ale: ale-py's own life losses)": dict(backend="ale", life_loss_restart=False),
     "native + --life-loss-restart": dict(backend="ale", life_loss_restart=True),
+    "native + --life-loss-restart --cleanrl-game-start (CleanRL's games)": dict(backend="ale", life_loss_restart=True,
+                                                                               cleanrl_game_start=True),
     "gymnasium (the default env: CleanRL's wrappers)": dict(backend="gymnasium"),
 }
 
