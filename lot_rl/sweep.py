@@ -366,11 +366,13 @@ class Outcome:
     result: dict[str, Any] | None = None
 
 
-def _outcome(out: Path, spec: RunSpec, exitcode: int | None) -> Outcome:
+def _outcome(out: Path, spec: RunSpec, exitcode: int | None, stopping: bool = False) -> Outcome:
+    """``stopping``: the sweep asked the run to stop, so a run that ended without a result or an error of its own
+    was interrupted (one stopped while its process was still starting ends as Python ends on a Ctrl-C)."""
     path = result_path(out, spec)
     if exitcode == 0 and path.is_file():
         return Outcome("done", result=read_result(path))
-    if exitcode == EXIT_INTERRUPTED:
+    if exitcode == EXIT_INTERRUPTED or (stopping and not (run_path(out, spec) / ERROR_NAME).is_file()):
         saved = (run_path(out, spec) / CHECKPOINT_NAME).is_file()
         return Outcome("interrupted", "checkpoint saved; rerun the sweep to resume it" if saved else
                        "stopped before its first checkpoint; a rerun of the sweep starts it again")
@@ -423,9 +425,27 @@ def _stop(processes: Sequence[multiprocessing.Process]) -> None:
                     os.kill(proc.pid, signal.SIGINT)
 
 
+@contextlib.contextmanager
+def _stops_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM back until the block ends (then they arrive), so that a stop never finds a run's
+    process started but not yet on the list of those to stop."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def run_pool(specs: Sequence[RunSpec], out: Path, workers: int, threads: int, eval_episodes: int,
              on_outcome: Callable[[RunSpec, Outcome], None]) -> None:
-    """Run ``specs`` in at most ``workers`` processes at once (a fresh process per run)."""
+    """Run ``specs`` in at most ``workers`` processes at once (a fresh process per run).
+
+    The sweep stops its runs with SIGINT, so it must not hand them an ignored SIGINT: a run's process is spawned
+    while the sweep's own SIGINT has a handler (:func:`run_sweep` sees to it), and then starts with Python's
+    Ctrl-C behaviour even where the sweep was started in the background with SIGINT ignored."""
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
     waiting = list(specs)
     running: dict[Any, tuple[multiprocessing.Process, RunSpec]] = {}
@@ -435,8 +455,9 @@ def run_pool(specs: Sequence[RunSpec], out: Path, workers: int, threads: int, ev
                 spec = waiting.pop(0)
                 proc = context.Process(target=_pool_child, args=(spec, str(out), threads, eval_episodes),
                                        name=f"lot-rl sweep {spec.name}")
-                proc.start()
-                running[proc.sentinel] = (proc, spec)
+                with _stops_held():
+                    proc.start()
+                    running[proc.sentinel] = (proc, spec)
             for sentinel in multiprocessing.connection.wait(list(running)):
                 proc, spec = running.pop(sentinel)
                 proc.join()
@@ -444,7 +465,7 @@ def run_pool(specs: Sequence[RunSpec], out: Path, workers: int, threads: int, ev
     except KeyboardInterrupt:
         _stop([proc for proc, _ in running.values()])
         for proc, spec in running.values():
-            on_outcome(spec, _outcome(out, spec, proc.exitcode))
+            on_outcome(spec, _outcome(out, spec, proc.exitcode, stopping=True))
         raise
 
 
@@ -596,9 +617,11 @@ def sweep(grid: Grid, out: str | os.PathLike, *, env_ids: Sequence[str] | None =
             log(f"{position} {spec.name}: FAILED: {outcome.message} (log: {run_path(out, spec) / LOG_NAME})")
 
     # SIGTERM (a batch system stopping the sweep) stops the pool as Ctrl-C does: every run saves a checkpoint.
+    # Ctrl-C gets its handler back too where the sweep was started with it ignored (in the background): the runs'
+    # processes would inherit the ignored SIGINT, with which the sweep stops them (run_pool).
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous_term = signal.signal(signal.SIGTERM, signal.default_int_handler) \
-        if executor == "pool" and in_main_thread else None
+    previous = {sig: signal.signal(sig, signal.default_int_handler) for sig in (signal.SIGINT, signal.SIGTERM)} \
+        if executor == "pool" and in_main_thread else {}
     try:
         if todo and executor == "pool":
             run_pool(todo, out, workers, threads, eval_episodes, on_outcome)
@@ -608,8 +631,8 @@ def sweep(grid: Grid, out: str | os.PathLike, *, env_ids: Sequence[str] | None =
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     failed = [name for name, o in summary.outcomes.items() if o.status == "failed"]
     log(f"sweep {out}: {summary.count('done')} run(s) finished now, {summary.skipped} already finished, "
         f"{len(failed)} failed, {summary.count('interrupted')} interrupted, "

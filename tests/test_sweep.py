@@ -204,17 +204,48 @@ def test_sweep_trains_writes_results_then_skips_finished_runs(tmp_path, capsys, 
     assert run_state(out, specs[0], eval_episodes=3) == "done"
 
 
-def _wait(condition, what, timeout=120.0):
+def _wait(condition, what, timeout=120.0, pause=0.05):
     deadline = time.time() + timeout
     while not condition():
         assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(pause)
 
 
 def _update_rows(run_dir):
     if not (run_dir / "metrics.jsonl").is_file():
         return []
     return [row["step"] for row in read_metrics(run_dir) if "charts/SPS" in row]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads child processes from Linux's /proc")
+def test_a_sweep_in_the_background_stops_a_run_that_is_still_starting(tmp_path):
+    """A sweep started in the background (SIGINT ignored, as `nohup lot-rl sweep ... &` leaves it) and stopped
+    with SIGTERM while its run's process is still starting up: the run stops too, and the sweep with it, instead
+    of the run ignoring the stop (it inherited the ignored SIGINT) and training to its end."""
+    path = tiny_grid(tmp_path, 32 * 400)
+    out = tmp_path / "out"
+    spec = read_grid(path).runs()[0]
+    sweep = subprocess.Popen([sys.executable, "-m", "lot_rl", "sweep", str(path), "--out", str(out), "--workers",
+                              "1", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+    def run_process_started():
+        return any("spawn_main" in Path(f"/proc/{c}/cmdline").read_text(errors="replace") and
+                   "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text(errors="replace")
+                   for c in _children(sweep.pid) if Path(f"/proc/{c}/cmdline").exists())
+
+    _wait(run_process_started, "the run's process", pause=0.005)
+    sweep.send_signal(signal.SIGTERM)
+    printed = sweep.communicate(timeout=120)[0]
+    assert sweep.returncode == 130 and f"{spec.name}: interrupted" in printed, printed
+    assert not result_path(out, spec).exists()
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_ctrl_c_stops_cleanly(tmp_path, capsys):
