@@ -40,7 +40,10 @@ The native env differs from the wrappers in three things, each of which the wrap
 experiment: its life losses (``life_loss_continue``), its pixels (``gray_first``) and its game start
 (``native_game_start``: one FIRE frame, 0-28 NOOP frames, a blank-padded stack). With all three the wrappers play a
 whole Breakout game frame for frame, reward for reward, as the native env does (tested); only the random number
-of NOOPs at each game start comes from another generator.
+of NOOPs at each game start comes from another generator. The other way round, the native env takes on CleanRL's
+life restarts (``life_loss_restart``) and game start (``cleanrl_game_start``: its NOOPs, then FIRE and RIGHT as
+forced steps, a fresh stack): with both it plays CleanRL's games, every observation the agent decides on, reward
+and termination equal to the wrappers' (with ``gray_first`` pixels; tested), at the native env's speed.
 """
 
 from __future__ import annotations
