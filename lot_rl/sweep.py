@@ -444,7 +444,7 @@ def run_pool(specs: Sequence[RunSpec], out: Path, workers: int, threads: int, ev
     """Run ``specs`` in at most ``workers`` processes at once (a fresh process per run).
 
     The sweep stops its runs with SIGINT, so it must not hand them an ignored SIGINT: a run's process is spawned
-    while the sweep's own SIGINT has a handler (:func:`run_sweep` sees to it), and then starts with Python's
+    while the sweep's own SIGINT has a handler (:func:`sweep` sees to it), and then starts with Python's
     Ctrl-C behaviour even where the sweep was started in the background with SIGINT ignored."""
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
     waiting = list(specs)
