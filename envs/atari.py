@@ -403,8 +403,8 @@ class CleanRLRestarts(VectorWrapper):
         super().__init__(env)
         self._life_plan = ([NOOP, FIRE, 2] if fire else [NOOP]) if lives else []
         self._game_plan = [FIRE, 2] if fire and games else []
-        # one plan per env at a time: the actions still to force are the last `pending` of that env's plan
-        self._plans = np.zeros((self.num_envs, 3), dtype=np.int64)
+        # one plan per env at a time, right-aligned: the actions still to force are the last `pending` of its row
+        self._plans = np.zeros((self.num_envs, max(len(self._life_plan), len(self._game_plan), 1)), dtype=np.int64)
         frame = env.single_observation_space.shape[1:]
         self.single_observation_space = gym.spaces.Box(0, 255, (stack, *frame), np.uint8)
         self.observation_space = gym.spaces.Box(0, 255, (self.num_envs, stack, *frame), np.uint8)
@@ -413,7 +413,7 @@ class CleanRLRestarts(VectorWrapper):
         self._lives = np.zeros(self.num_envs, np.int64)
 
     def _plan(self, mask: np.ndarray, plan: list[int]) -> None:
-        self._plans[mask, 3 - len(plan):] = plan
+        self._plans[mask, self._plans.shape[1] - len(plan):] = plan
         self._pending[mask] = len(plan)
 
     def reset(self, *, seed=None, options=None):
@@ -427,7 +427,7 @@ class CleanRLRestarts(VectorWrapper):
     def step(self, actions):
         actions = np.array(actions, dtype=np.int64)
         forced = self._pending > 0
-        actions[forced] = self._plans[forced, 3 - self._pending[forced]]
+        actions[forced] = self._plans[forced, self._plans.shape[1] - self._pending[forced]]
         obs, reward, terminated, truncated, info = self.env.step(actions)
         lives = info["lives"].astype(np.int64)
         new_game = (terminated | truncated) & (lives >= self._lives)  # the env started the next game itself

@@ -78,47 +78,6 @@ def test_backends_build_the_same_spaces():
     a.close(), b.close()
 
 
-def _play_one_env(env, actions):
-    """Observations, rewards, terminations of a one-env vector env stepped with ``actions`` until its first game
-    ends (the next game's start is random in each env)."""
-    obs, _ = env.reset(seed=0)
-    frames, rewards, terminations = [obs[0]], [], []
-    for action in actions:
-        obs, reward, terminated, truncated, info = env.step(np.array([action]))
-        rewards.append(float(reward[0]))
-        terminations.append(bool(terminated[0]))
-        if info.get("_episode", [False])[0]:
-            return frames, rewards, terminations, float(info["episode"]["r"][0])
-        frames.append(obs[0])
-    raise AssertionError("the game did not end")
-
-
-def test_native_game_start_pixels_and_life_losses_on_cleanrls_wrappers_are_the_native_env():
-    """Issue 18's three arms together leave no difference: CleanRL's wrappers with the native env's game start
-    (--native-game-start: one FIRE frame, then 0-28 NOOP frames, three blank frames in the stack), its pixels
-    (--gray-first) and its life losses (--life-loss-continue) play a whole game of Breakout, 5 lives, frame for
-    frame, reward for reward and termination for termination as the native env does with the same actions."""
-    actions = np.random.default_rng(0).integers(0, 4, 2000)
-    native = make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale")
-    want = _play_one_env(native, actions)
-    native.close()
-    assert [int(frame.max()) for frame in want[0][0]][:3] == [0, 0, 0]  # the native start: a blank stack
-    assert sum(want[2]) == 5  # four lives lost, then the game over
-    matches = []
-    for noops in range(29):  # the native env's noops come from its own RNG: find the start it chose
-        env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend="gymnasium", gray_first=True,
-                             native_game_start=True, life_loss_continue=True)
-        next(w for w in _wrappers(env.env.envs[0]) if isinstance(w, NativeGameStart)).override_num_noops = noops
-        got = _play_one_env(env, actions)
-        env.close()
-        if np.array_equal(got[0][0], want[0][0]):
-            matches.append(noops)
-            assert len(got[0]) == len(want[0])
-            assert all(np.array_equal(a, b) for a, b in zip(got[0], want[0]))
-            assert got[1:] == want[1:]
-    assert len(matches) == 1
-
-
 def _agent_view(env, actions, obs):
     """What the agent sees of a one-env vector env's first game stepped with ``actions`` after the reset that
     returned ``obs``: the observations it decides on, the rewards and terminations of its own steps, the game's
@@ -139,6 +98,32 @@ def _agent_view(env, actions, obs):
         obs = next_obs
         if info.get("_episode", [False])[0]:
             return frames, rewards, terminations, float(info["episode"]["r"][0]), forced_steps
+
+
+def test_native_game_start_pixels_and_life_losses_on_cleanrls_wrappers_are_the_native_env():
+    """Issue 18's three arms together leave no difference: CleanRL's wrappers with the native env's game start
+    (--native-game-start: one FIRE frame, then 0-28 NOOP frames, three blank frames in the stack), its pixels
+    (--gray-first) and its life losses (--life-loss-continue) play a whole game of Breakout, 5 lives, frame for
+    frame, reward for reward and termination for termination as the native env does with the same actions."""
+    actions = np.random.default_rng(0).integers(0, 4, 2000)
+    native = make_atari_env("BreakoutNoFrameskip-v4", 1, backend="ale")
+    want = _agent_view(native, actions, native.reset(seed=0)[0])[:4]
+    native.close()
+    assert [int(frame.max()) for frame in want[0][0]][:3] == [0, 0, 0]  # the native start: a blank stack
+    assert sum(want[2]) == 5  # four lives lost, then the game over
+    matches = []
+    for noops in range(29):  # the native env's noops come from its own RNG: find the start it chose
+        env = make_atari_env("BreakoutNoFrameskip-v4", 1, backend="gymnasium", gray_first=True,
+                             native_game_start=True, life_loss_continue=True)
+        next(w for w in _wrappers(env.env.envs[0]) if isinstance(w, NativeGameStart)).override_num_noops = noops
+        got = _agent_view(env, actions, env.reset(seed=0)[0])[:4]
+        env.close()
+        if np.array_equal(got[0][0], want[0][0]):
+            matches.append(noops)
+            assert len(got[0]) == len(want[0])
+            assert all(np.array_equal(a, b) for a, b in zip(got[0], want[0]))
+            assert got[1:] == want[1:]
+    assert len(matches) == 1
 
 
 def test_cleanrl_game_start_and_life_restarts_on_the_native_env_are_cleanrls_games():
