@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -29,6 +30,14 @@ def learnable_rows(n: int, seed: int) -> tuple[np.ndarray, list[int]]:
     return data, [int(v) for v in labels]
 
 
+def _write_whole(path: Path, payload: bytes) -> None:
+    """Write a file so that no reader ever sees it half-written: the two ranks of tests/test_distributed.py write
+    the same data folder while the other may already be reading it."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_bytes(payload)
+    os.replace(partial, path)
+
+
 def write_cifar10(root: Path, per_batch: int = 8, test: int = 16, seed: int = 0, learnable: bool = False) -> Path:
     """A CIFAR-10 python-pickle folder in the real format (bytes keys, (N, 3072) uint8 rows, label lists)."""
     folder = root / "cifar-10-batches-py"
@@ -36,9 +45,8 @@ def write_cifar10(root: Path, per_batch: int = 8, test: int = 16, seed: int = 0,
     for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
         data, labels = (learnable_rows if learnable else cifar_rows)(test if name == "test_batch" else per_batch,
                                                                      seed + i)
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [b"x.png"] * len(labels)}, f)
+        _write_whole(folder / name, pickle.dumps({b"batch_label": name.encode(), b"labels": labels, b"data": data,
+                                                  b"filenames": [b"x.png"] * len(labels)}))
     return root
 
 
@@ -47,10 +55,9 @@ def write_cifar100(root: Path, train: int = 12, test: int = 6) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(5)
     for name, n in (("train", train), ("test", test)):
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
-                         b"coarse_labels": [int(v) for v in rng.integers(0, 20, n)]}, f)
+        _write_whole(folder / name, pickle.dumps({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                                                  b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
+                                                  b"coarse_labels": [int(v) for v in rng.integers(0, 20, n)]}))
     return root
 
 
@@ -62,7 +69,7 @@ def write_ptb(root: Path, name: str = "ptb") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     pattern = D.TEXT_FILES[name]
     for split, text in lines.items():
-        (root / pattern.format(split)).write_text("\n".join(text) + "\n")
+        _write_whole(root / pattern.format(split), ("\n".join(text) + "\n").encode())
     return root
 
 
