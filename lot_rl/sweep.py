@@ -428,15 +428,21 @@ def _stop(processes: Sequence[multiprocessing.Process]) -> None:
 @contextlib.contextmanager
 def _stops_held() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM back until the block ends (then they arrive), so that a stop never finds a run's
-    process started but not yet on the list of those to stop."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    process started but not yet on the list of those to stop.
+
+    Held in Python, not with a signal mask: the mask is the calling thread's, and the sweep has other threads (a
+    process-directed signal may reach any of them). Python runs every signal handler in the main thread, so a
+    handler that only takes note holds the signal back wherever it lands."""
+    held: list[int] = []
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: held.append(signum)) for signum in stops}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if held:
+            signal.raise_signal(held[0])  # to its own handler now (the sweep's: KeyboardInterrupt)
 
 
 def run_pool(specs: Sequence[RunSpec], out: Path, workers: int, threads: int, eval_episodes: int,
