@@ -13,8 +13,9 @@ options < ``--set KEY=VALUE``)::
 
 Every option of every variant is checked before the first run starts. The sweep folder holds:
 
-- ``grid.yaml``: the resolved grid (every option of every variant); rerunning with another grid on the same
-  folder is refused, narrowing it with ``--env-ids/--seeds/--variants`` is not;
+- ``grid.yaml``: the resolved grid (every option of every variant). Rerunning with a grid that gives a variant of
+  the folder other options is refused; one that adds games, seeds or variants extends it (their runs join the
+  folder's), and narrowing with ``--env-ids/--seeds/--variants`` selects runs;
 - ``runs/<env>__<variant>__<seed>/``: ordinary run folders (``checkpoint.pt``, ``metrics.jsonl``, TensorBoard,
   ``config.yaml``) plus ``train.log`` (the run's output) and ``sweep_attempts.jsonl`` (when each attempt began);
 - ``results/<env>__<variant>__<seed>.json``: a run's compact result, written when it finishes
@@ -236,44 +237,68 @@ def _as_list(value: Any, kind: type, key: str, source: str) -> list[Any]:
 
 
 def grid_difference(stored: dict[str, Any], grid: dict[str, Any]) -> str | None:
-    """The first difference between two resolved grids that changes what runs compute, or None.
+    """The first option of a variant both grids name that differs in a way that changes what its runs compute, or
+    None.
 
-    Options that only say how a run executes (``EXECUTION_KEYS``) may differ; so may options one of the two
-    lot_rl versions does not have.
+    Games, seeds and variants only one of them has are no difference: a run folder is named by its game, variant
+    and seed, so a grid that adds some only adds runs. Options that only say how a run executes
+    (``EXECUTION_KEYS``) may differ; so may options one of the two lot_rl versions does not have.
     """
-    for key in ("env_ids", "seeds"):
-        if sorted(map(str, stored.get(key, []))) != sorted(map(str, grid[key])):
-            return f"{key} {stored.get(key)} there, {grid[key]} here"
-    if list(stored.get("variants", {})) != list(grid["variants"]):
-        return f"variants {', '.join(stored.get('variants', {}))} there, {', '.join(grid['variants'])} here"
     for name, options in grid["variants"].items():
-        old = stored["variants"][name]
+        old = stored.get("variants", {}).get(name)
+        if not isinstance(old, dict):
+            continue
         for key in options:
             if key in old and key not in EXECUTION_KEYS and old[key] != options[key]:
                 return f"variant {name!r}: {key} {old[key]!r} there, {options[key]!r} here"
     return None
 
 
-def prepare_folder(out: str | os.PathLike, grid: Grid, write: bool = True) -> Path:
-    """Check that ``out`` is new, empty or a sweep folder of this grid; write ``grid.yaml`` into a new one."""
+def merged_grid(stored: dict[str, Any], grid: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The stored grid extended by what only ``grid`` has (games, seeds, variants, in its order), and those
+    additions named; a variant both have keeps its stored options."""
+    merged, added = {}, []
+    for key, what in (("env_ids", "game"), ("seeds", "seed"), ("variants", "variant")):
+        old = stored.get(key) or ({} if key == "variants" else [])
+        new = [item for item in grid[key] if item not in old]
+        added += [f"{what} {item}" for item in new]
+        merged[key] = {**old, **{name: grid[key][name] for name in new}} if key == "variants" else [*old, *new]
+    return merged, added
+
+
+def prepare_folder(out: str | os.PathLike, grid: Grid, write: bool = True) -> tuple[Path, list[str]]:
+    """Check that ``out`` is new, empty or a sweep folder whose grid ``grid`` agrees with; write ``grid.yaml`` (the
+    grid, or the folder's grid extended by what ``grid`` adds). Returns the folder and the additions, named."""
     out = Path(out)
     stored_path = out / GRID_NAME
+    added: list[str] = []
     if stored_path.is_file():
         try:
-            stored = yaml.safe_load(stored_path.read_text()) or {}
+            stored = yaml.safe_load(stored_path.read_text())
         except yaml.YAMLError:
-            stored = {}
-        difference = grid_difference(stored, grid.to_dict()) if isinstance(stored, dict) else "unreadable"
+            stored = None
+        require(isinstance(stored, dict) and isinstance(stored.get("variants"), dict),
+                f"{stored_path} is not a sweep's grid (unreadable YAML, or no variants); give another --out")
+        difference = grid_difference(stored, grid.to_dict())
         require(difference is None, f"sweep folder {out} was made from another grid ({difference}); give another "
-                                    f"--out, or narrow the grid with --env-ids, --seeds or --variants")
-        return out
-    require(not out.exists() or (out.is_dir() and not any(out.iterdir())),
-            f"--out {out} is not a sweep folder (it has no {GRID_NAME}) and is not empty; choose a new folder")
-    if write:
+                                    f"--out, or rename the variant whose options changed")
+        resolved, added = merged_grid(stored, grid.to_dict())
+        if not added or not write:
+            return out, added
+        header = (f"# lot-rl sweep: the resolved grid of {grid.source} (every train option of every variant), "
+                  f"with what the folder's earlier grids had\n")
+    else:
+        require(not out.exists() or (out.is_dir() and not any(out.iterdir())),
+                f"--out {out} is not a sweep folder (it has no {GRID_NAME}) and is not empty; choose a new folder")
+        if not write:
+            return out, added
         ensure_writable_dir(out, "--out")
+        resolved = grid.to_dict()
         header = f"# lot-rl sweep: the resolved grid of {grid.source} (every train option of every variant)\n"
-        stored_path.write_text(header + yaml.safe_dump(grid.to_dict(), sort_keys=False))
-    return out
+    partial = stored_path.with_name(f".{GRID_NAME}.partial")  # whole or not at all: it makes the folder a sweep's
+    partial.write_text(header + yaml.safe_dump(resolved, sort_keys=False))
+    os.replace(partial, stored_path)
+    return out, added
 
 
 def run_path(out: str | os.PathLike, spec: RunSpec) -> Path:
@@ -595,7 +620,9 @@ def sweep(grid: Grid, out: str | os.PathLike, *, env_ids: Sequence[str] | None =
     require(threads is None or threads >= 1, f"--threads must be >= 1, got {threads}")
     slurm = slurm or SlurmOptions()
     specs = grid.runs(env_ids, seeds, variants)
-    out = prepare_folder(out, grid)
+    out, added = prepare_folder(out, grid)
+    if added:
+        log(f"sweep {out}: its grid now also has {', '.join(added)}")
     if tracking is not None and tracking.track:
         specs = [tracked(spec, tracking, Path(out).resolve().name) for spec in specs]
     states = {spec.name: run_state(out, spec, eval_episodes) for spec in specs}
@@ -702,7 +729,9 @@ def run_command(ns: argparse.Namespace, command: str = "sweep") -> int:
     out = Path(ns.out) if ns.out else Path("sweeps") / Path(ns.grid).stem
     if ns.dry_run:
         specs = grid.runs(ns.env_ids, ns.seeds, ns.variants)
-        prepare_folder(out, grid, write=False)
+        added = prepare_folder(out, grid, write=False)[1]
+        if added:
+            print(f"sweep {out}: would add {', '.join(added)} to its grid")
         for spec in specs:
             print(f"{run_state(out, spec, ns.eval_episodes):8}  {spec.name}")
         print(f"{len(specs)} run(s); nothing was run (--dry-run)")

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lot_rl import config as cfg_lib
 from lot_rl.agents import ppo_lot_atari
@@ -100,7 +101,7 @@ def test_a_sweep_folder_keeps_its_grid(tmp_path, capsys):
     assert main(["sweep", str(path), "--out", str(out), "--set", "total_timesteps=8192"]) == 2
     assert capsys.readouterr().err.strip() == (
         f"lot-rl sweep: error: sweep folder {out} was made from another grid (variant 'ppo': total_timesteps 4096 "
-        f"there, 8192 here); give another --out, or narrow the grid with --env-ids, --seeds or --variants")
+        f"there, 8192 here); give another --out, or rename the variant whose options changed")
     # narrowing the same grid, or changing only how runs execute, is the same sweep
     assert main(["sweep", str(path), "--out", str(out), "--seeds", "2", "--variants", "lot", "--dry-run"]) == 0
     capsys.readouterr()
@@ -111,6 +112,49 @@ def test_a_sweep_folder_keeps_its_grid(tmp_path, capsys):
     (other / "notes.txt").write_text("mine")
     assert main(["sweep", str(path), "--out", str(other)]) == 2
     assert "is not a sweep folder (it has no grid.yaml) and is not empty" in capsys.readouterr().err
+    (out / "grid.yaml").write_text("[1, 2]\n")
+    assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 2
+    assert f"{out / 'grid.yaml'} is not a sweep's grid (unreadable YAML, or no variants)" in capsys.readouterr().err
+
+
+def test_a_grid_that_adds_games_seeds_or_variants_extends_the_folder(tmp_path, capsys):
+    """Adding an arm or seeds to a grid file and rerunning it on its folder: the new runs join the finished ones
+    (kept, skipped), and the folder's grid becomes the union, so that the earlier grid still reads as part of it."""
+    first = tiny_grid(tmp_path, 64, variants="{ppo: {preset: ppo}}")
+    out = tmp_path / "out"
+    assert main(["sweep", str(first), "--out", str(out), "--threads", "1"]) == 0
+    finished = result_path(out, read_grid(first).runs()[0])
+    before = finished.read_text()
+    capsys.readouterr()
+
+    second = write_grid(tmp_path, first.read_text().replace("seeds: [1]", "seeds: [1, 2]").replace(
+        "{ppo: {preset: ppo}}", "{ppo: {preset: ppo}, lr: {preset: ppo, learning_rate: 0.001}}"), "second.yaml")
+    assert main(["sweep", str(second), "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"sweep {out}: would add seed 2, variant lr to its grid"
+    assert printed[1:] == ["done      BreakoutNoFrameskip-v4__ppo__1", "new       BreakoutNoFrameskip-v4__lr__1",
+                           "new       BreakoutNoFrameskip-v4__ppo__2", "new       BreakoutNoFrameskip-v4__lr__2",
+                           "4 run(s); nothing was run (--dry-run)"]
+    assert "lr" not in yaml.safe_load((out / "grid.yaml").read_text())["variants"]  # a dry run writes nothing
+
+    assert main(["sweep", str(second), "--out", str(out), "--threads", "1", "--variants", "lr", "--seeds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"sweep {out}: its grid now also has seed 2, variant lr" in printed
+    assert "1 run(s)" in printed and "0 finished" in printed
+    stored = yaml.safe_load((out / "grid.yaml").read_text())
+    assert stored["seeds"] == [1, 2] and list(stored["variants"]) == ["ppo", "lr"]
+    assert stored["variants"]["lr"]["learning_rate"] == 0.001 and stored["variants"]["ppo"]["learning_rate"] == 2.5e-4
+    assert finished.read_text() == before  # the first grid's run is untouched
+    assert sorted(p.name for p in (out / "results").iterdir()) == [
+        "BreakoutNoFrameskip-v4__lr__2.json", "BreakoutNoFrameskip-v4__ppo__1.json"]
+    # the first grid, narrower than the folder's now, is still this sweep; a grid changing a variant is not
+    assert main(["sweep", str(first), "--out", str(out), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "done      BreakoutNoFrameskip-v4__ppo__1"
+    changed = write_grid(tmp_path, second.read_text().replace("learning_rate: 0.001", "learning_rate: 0.002"),
+                         "third.yaml")
+    assert main(["sweep", str(changed), "--out", str(out), "--dry-run"]) == 2
+    assert "(variant 'lr': learning_rate 0.001 there, 0.002 here)" in capsys.readouterr().err
+    assert yaml.safe_load((out / "grid.yaml").read_text()) == stored
 
 
 def test_the_example_smoke_grid_resolves():

@@ -147,7 +147,7 @@ variants: {lot: {preset: minatar, obs_num: 1, student_steps_ratio: 1}}
 def test_a_tracked_sweep_run_is_grouped_tagged_and_gets_its_evaluation(tmp_path, offline_wandb):
     (tmp_path / "grid.yaml").write_text(MINATAR_GRID)
     grid = sweep_lib.read_grid(tmp_path / "grid.yaml")
-    out = sweep_lib.prepare_folder(tmp_path / "my-sweep", grid)
+    out, _ = sweep_lib.prepare_folder(tmp_path / "my-sweep", grid)
     [spec] = grid.runs()
     spec = sweep_lib.tracked(spec, TrackingOptions(track=True, wandb_tags=["mine"]), "my-sweep")
     result = sweep_lib.execute_run(spec, out, eval_episodes=2)
