@@ -9,7 +9,7 @@ and the last update: what a user of each env gets, the network's work included.
 
     python scripts/benchmark_envs.py                 # about a minute
     python scripts/benchmark_envs.py --num-envs 8 --steps 2000 --rounds 5
-    python scripts/benchmark_envs.py --train 6 --threads 1    # + end to end, about 10 minutes more
+    python scripts/benchmark_envs.py --train 5 --threads 1    # + end to end, 10-15 minutes more
 """
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ def train_steps_per_second(env_id: str, updates: int, threads: int, backend: str
     and the last update (start-up excluded)."""
     import torch
 
-    from lot_rl.agents import ppo_lot_atari as agent
     from lot_rl import config as cfg_lib
+    from lot_rl.agents import ppo_lot_atari as agent
     from lot_rl.runlog import read_metrics
 
     if threads:
