@@ -19,7 +19,7 @@ import numpy as np
 import yaml
 
 from lot_rl.errors import LoTUserError, require
-from lot_rl.runlog import FINAL_EPISODES, METRICS_NAME, RETURN_TAG, final_score, read_metrics
+from lot_rl.runlog import FINAL_EPISODES, METRICS_NAME, RETURN_TAG, final_score, read_metrics, write_atomically
 
 RESULTS_DIR = "results"
 ATTEMPTS_NAME = "sweep_attempts.jsonl"  # one line per attempt at a run: when it began (the wall time counts them)
@@ -135,9 +135,7 @@ def write_result(path: str | os.PathLike, result: dict[str, Any]) -> Path:
     """Write a result file atomically (a reader never sees half a file, and its presence means finished)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(_compact_lists(json.dumps(result, indent=1)) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, _compact_lists(json.dumps(result, indent=1)) + "\n")
     return path
 
 

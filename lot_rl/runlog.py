@@ -174,6 +174,18 @@ def final_score(rows: list[dict[str, Any]]) -> tuple[float | None, int]:
     return (float(sum(returns) / len(returns)) if returns else None), len(returns)
 
 
+def write_atomically(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a reader (another process too) never sees half a file, and a
+    file that exists is complete. The temporary name is this process's own, so two writers never share it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def drop_metrics_from(run_dir: str | Path, step: int) -> None:
     """Remove the rows logged at ``step`` or later, as TensorBoard's ``purge_step`` hides those events.
 
@@ -185,9 +197,7 @@ def drop_metrics_from(run_dir: str | Path, step: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines(keepends=True)
             if _row_step(line) is not None and _row_step(line) < step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, path)
+    write_atomically(path, "".join(kept))
 
 
 def _row_step(line: str) -> int | None:

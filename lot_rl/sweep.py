@@ -53,7 +53,7 @@ from lot_rl.checkpoint import CHECKPOINT_NAME
 from lot_rl.envs import parse_env_id
 from lot_rl.errors import LoTUserError, require
 from lot_rl.results import ATTEMPTS_NAME, RESULTS_DIR, build_result, evaluate_run, read_result, write_result
-from lot_rl.runlog import METRICS_NAME, ensure_writable_dir
+from lot_rl.runlog import METRICS_NAME, ensure_writable_dir, write_atomically
 from lot_rl.tracking import TRACKING_FIELDS, TrackingOptions, add_to_summary, validate_tracking
 
 GRID_NAME = "grid.yaml"
@@ -245,9 +245,7 @@ def grid_difference(stored: dict[str, Any], grid: dict[str, Any]) -> str | None:
     (``EXECUTION_KEYS``) may differ; so may options one of the two lot_rl versions does not have.
     """
     for name, options in grid["variants"].items():
-        old = stored.get("variants", {}).get(name)
-        if not isinstance(old, dict):
-            continue
+        old = stored["variants"].get(name) or {}
         for key in options:
             if key in old and key not in EXECUTION_KEYS and old[key] != options[key]:
                 return f"variant {name!r}: {key} {old[key]!r} there, {options[key]!r} here"
@@ -271,7 +269,7 @@ def prepare_folder(out: str | os.PathLike, grid: Grid, write: bool = True) -> tu
     grid, or the folder's grid extended by what ``grid`` adds). Returns the folder and the additions, named."""
     out = Path(out)
     stored_path = out / GRID_NAME
-    added: list[str] = []
+    resolved, added = grid.to_dict(), []
     if stored_path.is_file():
         try:
             stored = yaml.safe_load(stored_path.read_text())
@@ -279,10 +277,10 @@ def prepare_folder(out: str | os.PathLike, grid: Grid, write: bool = True) -> tu
             stored = None
         require(isinstance(stored, dict) and isinstance(stored.get("variants"), dict),
                 f"{stored_path} is not a sweep's grid (unreadable YAML, or no variants); give another --out")
-        difference = grid_difference(stored, grid.to_dict())
+        difference = grid_difference(stored, resolved)
         require(difference is None, f"sweep folder {out} was made from another grid ({difference}); give another "
                                     f"--out, or rename the variant whose options changed")
-        resolved, added = merged_grid(stored, grid.to_dict())
+        resolved, added = merged_grid(stored, resolved)
         if not added or not write:
             return out, added
         header = (f"# lot-rl sweep: the resolved grid of {grid.source} (every train option of every variant), "
@@ -293,11 +291,8 @@ def prepare_folder(out: str | os.PathLike, grid: Grid, write: bool = True) -> tu
         if not write:
             return out, added
         ensure_writable_dir(out, "--out")
-        resolved = grid.to_dict()
         header = f"# lot-rl sweep: the resolved grid of {grid.source} (every train option of every variant)\n"
-    partial = stored_path.with_name(f".{GRID_NAME}.partial")  # whole or not at all: it makes the folder a sweep's
-    partial.write_text(header + yaml.safe_dump(resolved, sort_keys=False))
-    os.replace(partial, stored_path)
+    write_atomically(stored_path, header + yaml.safe_dump(resolved, sort_keys=False))  # it makes the folder a sweep's
     return out, added
 
 

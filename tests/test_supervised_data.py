@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 import torch
 
 from lot_rl.errors import LoTUserError
+from lot_rl.runlog import write_atomically  # whole files: the two ranks of test_distributed write one folder
 from lot_rl.supervised import data as D
 
 
@@ -30,14 +30,6 @@ def learnable_rows(n: int, seed: int) -> tuple[np.ndarray, list[int]]:
     return data, [int(v) for v in labels]
 
 
-def _write_whole(path: Path, payload: bytes) -> None:
-    """Write a file so that no reader ever sees it half-written: the two ranks of tests/test_distributed.py write
-    the same data folder while the other may already be reading it."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(payload)
-    os.replace(partial, path)
-
-
 def write_cifar10(root: Path, per_batch: int = 8, test: int = 16, seed: int = 0, learnable: bool = False) -> Path:
     """A CIFAR-10 python-pickle folder in the real format (bytes keys, (N, 3072) uint8 rows, label lists)."""
     folder = root / "cifar-10-batches-py"
@@ -45,7 +37,7 @@ def write_cifar10(root: Path, per_batch: int = 8, test: int = 16, seed: int = 0,
     for i, name in enumerate([f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]):
         data, labels = (learnable_rows if learnable else cifar_rows)(test if name == "test_batch" else per_batch,
                                                                      seed + i)
-        _write_whole(folder / name, pickle.dumps({b"batch_label": name.encode(), b"labels": labels, b"data": data,
+        write_atomically(folder / name, pickle.dumps({b"batch_label": name.encode(), b"labels": labels, b"data": data,
                                                   b"filenames": [b"x.png"] * len(labels)}))
     return root
 
@@ -55,7 +47,7 @@ def write_cifar100(root: Path, train: int = 12, test: int = 6) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(5)
     for name, n in (("train", train), ("test", test)):
-        _write_whole(folder / name, pickle.dumps({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        write_atomically(folder / name, pickle.dumps({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
                                                   b"fine_labels": [int(v) for v in rng.integers(0, 100, n)],
                                                   b"coarse_labels": [int(v) for v in rng.integers(0, 20, n)]}))
     return root
@@ -69,7 +61,7 @@ def write_ptb(root: Path, name: str = "ptb") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     pattern = D.TEXT_FILES[name]
     for split, text in lines.items():
-        _write_whole(root / pattern.format(split), ("\n".join(text) + "\n").encode())
+        write_atomically(root / pattern.format(split), ("\n".join(text) + "\n").encode())
     return root
 
 
